@@ -1,0 +1,27 @@
+"""NanoAdam for JAX: Adam on each tensor's smallest-magnitude entries.
+
+An Optax gradient transformation implementing "Pay Attention to Small
+Weights" (Zhou et al., NeurIPS 2025).
+"""
+
+from nanoadam_jax._memory import state_bytes
+from nanoadam_jax._nanoadam import MOMENTS
+from nanoadam_jax._nanoadam import SELECT_RULES
+from nanoadam_jax._nanoadam import ScaleByNanoAdamState
+from nanoadam_jax._nanoadam import nanoadam
+from nanoadam_jax._nanoadam import scale_by_nanoadam
+from nanoadam_jax._selection import SELECTION_BACKENDS
+from nanoadam_jax._selection import lowest_k_indices
+
+__version__ = "0.1.0"
+
+__all__ = (
+    "MOMENTS",
+    "SELECTION_BACKENDS",
+    "SELECT_RULES",
+    "ScaleByNanoAdamState",
+    "lowest_k_indices",
+    "nanoadam",
+    "scale_by_nanoadam",
+    "state_bytes",
+)

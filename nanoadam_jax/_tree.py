@@ -1,0 +1,108 @@
+"""Leaf paths and the sparse/dense routing of a parameter tree."""
+
+import math
+import re
+from collections.abc import Callable
+from typing import Any, Union
+
+import jax
+import jax.numpy as jnp
+
+# A regex on the "/"-joined leaf path, or a predicate on (path, leaf).
+Exclude = Union[None, str, re.Pattern, Callable[[str, Any], bool]]
+
+def _key_name(key: Any) -> str:
+  for attr in ("key", "name", "idx"):
+    if hasattr(key, attr):
+      return str(getattr(key, attr))
+  return str(key)
+
+
+def path_str(path: tuple[Any, ...]) -> str:
+  """Joins a key path with "/", e.g. ``("encoder", "0", "kernel")``.
+
+  A trailing ``.value`` attribute is dropped: Flax NNX hands ``init`` a tree of
+  ``Variable`` objects (whose array sits under ``.value``) but ``update`` a tree
+  of plain arrays, and both must give the same path.
+  """
+  names = [_key_name(key) for key in path]
+  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and (
+      names[-1] == "value"
+  ):
+    names = names[:-1]
+  return "/".join(names)
+
+
+def leaf_paths(tree: Any) -> tuple[list[str], list[Any], Any]:
+  """Returns the "/"-joined paths, the leaves and the treedef of ``tree``."""
+  with_path, treedef = jax.tree_util.tree_flatten_with_path(tree)
+  paths = [path_str(path) for path, _ in with_path]
+  leaves = [leaf for _, leaf in with_path]
+  return paths, leaves, treedef
+
+
+def compile_exclude(exclude: Exclude) -> Callable[[str, Any], bool]:
+  """Turns the ``exclude`` argument into a predicate on (path, leaf)."""
+  if exclude is None:
+    return lambda path, leaf: False
+  if isinstance(exclude, str | re.Pattern):
+    try:
+      pattern = re.compile(exclude)
+    except re.error as error:
+      raise ValueError(
+          f"`exclude` is not a valid regular expression: {error}"
+      ) from error
+    return lambda path, leaf: pattern.search(path) is not None
+  if callable(exclude):
+    return lambda path, leaf: bool(exclude(path, leaf))
+  raise TypeError(
+      "`exclude` must be None, a regex string or a callable(path, leaf) -> "
+      f"bool, got {type(exclude).__name__}."
+  )
+
+
+def buffer_size(density: float, n: int) -> int:
+  """``k = max(1, ceil(density * n))`` entries, 0 for an empty tensor.
+
+  The product is rounded to 12 significant digits first, so that a density
+  written as 0.07 selects 7 of 100 entries, not 8 (0.07 * 100 is
+  7.000000000000001 in binary floating point).
+  """
+  if n == 0:
+    return 0
+  return max(1, min(n, math.ceil(float(f"{density * n:.12g}"))))
+
+
+def is_trainable_dtype(dtype: Any) -> bool:
+  return jnp.issubdtype(dtype, jnp.floating)
+
+
+def route_leaves(
+    params: Any, is_excluded: Callable[[str, Any], bool]
+) -> tuple[list[str], list[Any], Any, list[bool]]:
+  """Decides, per leaf, whether it is trained sparsely.
+
+  Returns the paths, leaves, treedef, and a list of booleans (True: sparse).
+
+  Raises:
+    TypeError: a leaf is not an array, or is not excluded and has an integer
+      or boolean dtype.
+  """
+  paths, leaves, treedef = leaf_paths(params)
+  sparse = []
+  for path, leaf in zip(paths, leaves, strict=True):
+    if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
+      raise TypeError(
+          f"Parameter {path!r} is a {type(leaf).__name__}, not an array."
+      )
+    if is_excluded(path, leaf):
+      sparse.append(False)
+      continue
+    if not is_trainable_dtype(leaf.dtype):
+      raise TypeError(
+          f"Parameter {path!r} has dtype {jnp.dtype(leaf.dtype).name}; "
+          "NanoAdam trains floating-point leaves only. Exclude it with "
+          "`exclude=` (excluded non-float leaves get zero updates)."
+      )
+    sparse.append(True)
+  return paths, leaves, treedef, sparse

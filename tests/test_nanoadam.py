@@ -1,0 +1,281 @@
+"""NanoAdam's arithmetic against independent references."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nanoadam_jax as na
+from tests import numpy_reference
+from tests.conftest import optax_reference, random_grads, strict_schedule
+
+
+def run_jax(tx, params, grads):
+  """Applies ``tx`` for ``len(grads)`` steps; returns params and updates."""
+  state = tx.init(params)
+  step = jax.jit(tx.update)
+  history = []
+  for grad in grads:
+    updates, state = step(grad, state, params)
+    params = optax.apply_updates(params, updates)
+    history.append(updates)
+  return params, history, state
+
+
+# As in optax.scale_by_adam, the bias correction 1 - b2**c is computed in
+# float32, where 1 - float32(0.999) is 1.3e-5 off; a first step is then
+# 6.6e-6 (relative) off its exact value.
+BIAS_RTOL = 1e-5
+
+
+def as_numpy(tree):
+  return {name: np.asarray(leaf) for name, leaf in tree.items()}
+
+
+@pytest.mark.parametrize("mask_interval", [1, 7, 1000])
+def test_full_density_equals_adamw(tree_params, mask_interval):
+  schedule = strict_schedule(
+      optax.cosine_decay_schedule(3e-2, decay_steps=60, alpha=0.1)
+  )
+  grads = random_grads(tree_params, 60)
+  ours, our_updates, _ = run_jax(
+      na.nanoadam(
+          schedule, density=1.0, mask_interval=mask_interval, weight_decay=0.1
+      ),
+      tree_params,
+      grads,
+  )
+  with optax_reference():
+    theirs, their_updates, _ = run_jax(
+        optax.adamw(schedule, weight_decay=0.1), tree_params, grads
+    )
+  for mine, reference in zip(our_updates, their_updates, strict=True):
+    for name in tree_params:
+      np.testing.assert_allclose(
+          mine[name], reference[name], rtol=1e-5, atol=1e-7
+      )
+  for name in tree_params:
+    np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-6, atol=1e-7)
+
+
+REFERENCE_CONFIGS = {
+    "remap": dict(density=0.2, mask_interval=5),
+    "reset": dict(density=0.2, mask_interval=5, moments="reset"),
+    "weight_decay": dict(density=0.3, mask_interval=4, weight_decay=0.5),
+    "largest": dict(density=0.1, mask_interval=3, select="largest"),
+    "eps_root": dict(density=0.25, mask_interval=6, eps_root=1e-4, b1=0.5),
+    "schedule_remap": dict(
+        density=0.3,
+        mask_interval=9,
+        density_schedule=lambda t: 0.3 - 0.01 * t,
+        density_interval=4,
+    ),
+    "schedule_reset": dict(
+        density=0.2,
+        mask_interval=6,
+        density_schedule=lambda t: 0.05 + 0.01 * t,
+        density_interval=5,
+        moments="reset",
+    ),
+    "excluded": dict(density=0.2, mask_interval=5, exclude=("dense/bias",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_CONFIGS))
+def test_matches_float64_reference(tree_params, name):
+  config = dict(REFERENCE_CONFIGS[name])
+  excluded = config.pop("exclude", ())
+  learning_rate = 0.05
+  grads = random_grads(tree_params, 25, seed=3)
+  jax_config = dict(config)
+  if jax_config.get("density_schedule") is not None:
+    python_schedule = jax_config["density_schedule"]
+    jax_config["density_schedule"] = lambda t: python_schedule(
+        t.astype(jnp.float32)
+    )
+  if excluded:
+    jax_config["exclude"] = "|".join(f"^{path}$" for path in excluded)
+  ours, our_updates, _ = run_jax(
+      na.nanoadam(learning_rate, **jax_config), tree_params, grads
+  )
+  expected, expected_updates = numpy_reference.run(
+      as_numpy(tree_params),
+      [as_numpy(g) for g in grads],
+      lambda t: learning_rate,
+      excluded=excluded,
+      **config,
+  )
+  for step, (mine, reference) in enumerate(
+      zip(our_updates, expected_updates, strict=True)
+  ):
+    for leaf in tree_params:
+      np.testing.assert_array_equal(
+          np.asarray(mine[leaf]) != 0,
+          reference[leaf] != 0,
+          err_msg=f"selected entries differ at step {step} in {leaf}",
+      )
+      np.testing.assert_allclose(
+          mine[leaf], reference[leaf], rtol=2e-5, atol=1e-7
+      )
+  for leaf in tree_params:
+    np.testing.assert_allclose(
+        ours[leaf], expected[leaf], rtol=1e-5, atol=1e-5
+    )
+
+
+def test_reference_configs_exercise_what_they_claim(tree_params):
+  # Guards the test above against vacuous configs: a schedule that changes
+  # the active count, and re-selections that change the selected set.
+  grads = random_grads(tree_params, 25, seed=3)
+  config = dict(REFERENCE_CONFIGS["schedule_reset"])
+  _, updates = numpy_reference.run(
+      as_numpy(tree_params),
+      [as_numpy(g) for g in grads],
+      lambda t: 0.05,
+      **config,
+  )
+  counts = {int(np.sum(u["conv"] != 0)) for u in updates}
+  assert len(counts) >= 3, counts
+  _, updates = numpy_reference.run(
+      as_numpy(tree_params),
+      [as_numpy(g) for g in grads],
+      lambda t: 0.05,
+      **REFERENCE_CONFIGS["remap"],
+  )
+  supports = {tuple(np.flatnonzero(u["conv"])) for u in updates}
+  assert len(supports) >= 2
+
+
+def test_never_selected_entries_are_bit_identical():
+  rng = np.random.default_rng(5)
+  # Small entries in the first half, large ones in the second: the large half
+  # can never enter a 10% selection within 30 small steps.
+  values = np.concatenate(
+      [rng.uniform(-0.01, 0.01, 500), rng.uniform(5.0, 6.0, 500)]
+  )
+  params = {"w": jnp.asarray(values, jnp.float32)}
+  tx = na.nanoadam(1e-3, density=0.1, mask_interval=3)
+  final, history, _ = run_jax(tx, params, random_grads(params, 30))
+  moved = np.flatnonzero(np.asarray(final["w"]) != values.astype(np.float32))
+  assert moved.size > 0
+  assert moved.max() < 500
+  np.testing.assert_array_equal(
+      np.asarray(final["w"])[500:].view(np.uint32),
+      values[500:].astype(np.float32).view(np.uint32),
+  )
+  for updates in history:
+    assert int(jnp.sum(updates["w"] != 0)) <= 100
+
+
+def test_at_most_k_t_nonzero_under_a_schedule(tree_params):
+  schedule = strict_schedule(
+      optax.linear_schedule(0.3, 0.05, transition_steps=20)
+  )
+  tx = na.nanoadam(
+      0.1,
+      density=0.3,
+      mask_interval=50,
+      density_schedule=schedule,
+      density_interval=5,
+  )
+  _, history, _ = run_jax(tx, tree_params, random_grads(tree_params, 25))
+  for t, updates in enumerate(history):
+    fraction = float(schedule(t - t % 5))
+    for name, leaf in tree_params.items():
+      n = leaf.size
+      k = max(1, int(np.ceil(0.3 * n - 1e-9)))
+      k_t = int(np.clip(numpy_reference.count_of(fraction, n), 1, k))
+      assert int(jnp.sum(updates[name] != 0)) <= k_t, (t, name)
+
+
+def test_ties_go_to_the_lower_flat_index():
+  # Hand-checked: |w| = [1, .5, .5, 3, .5, .5]; k = 3 picks indices 1, 2, 4.
+  params = {"w": jnp.array([[1.0, 0.5, -0.5], [3.0, 0.5, -0.5]])}
+  tx = na.scale_by_nanoadam(density=0.5)
+  updates, _ = tx.update({"w": jnp.ones((2, 3))}, tx.init(params), params)
+  np.testing.assert_array_equal(
+      np.flatnonzero(np.asarray(updates["w"])), [1, 2, 4]
+  )
+  # Adam's first step has magnitude 1 (bias-corrected), sign of the gradient.
+  np.testing.assert_allclose(
+      np.asarray(updates["w"]).reshape(-1)[[1, 2, 4]], 1.0, rtol=BIAS_RTOL
+  )
+
+
+def test_fixed_selection_equals_adamw_on_the_subset():
+  rng = np.random.default_rng(7)
+  values = rng.normal(size=200).astype(np.float32)
+  params = {"w": jnp.asarray(values)}
+  steps = 40
+  grads = random_grads(params, steps, seed=11)
+  tx = na.nanoadam(1e-3, density=0.1, mask_interval=10_000, weight_decay=0.2)
+  final, _, _ = run_jax(tx, params, grads)
+
+  subset = np.sort(np.argsort(np.abs(values), kind="stable")[:20])
+  sub_params = jnp.asarray(values[subset])
+  adamw = optax.adamw(1e-3, weight_decay=0.2)
+  sub_state = adamw.init(sub_params)
+  with optax_reference():
+    for grad in grads:
+      sub_grad = grad["w"][subset]
+      sub_updates, sub_state = adamw.update(sub_grad, sub_state, sub_params)
+      sub_params = optax.apply_updates(sub_params, sub_updates)
+
+  expected = values.copy()
+  expected[subset] = np.asarray(sub_params)
+  np.testing.assert_allclose(final["w"], expected, rtol=1e-6, atol=1e-7)
+
+
+def adam_by_hand(grads, count, b1=0.9, b2=0.999, eps=1e-8):
+  """Adam's direction after ``grads`` with bias-correction count ``count``."""
+  mu = nu = 0.0
+  for g in grads:
+    mu, nu = b1 * mu + (1 - b1) * g, b2 * nu + (1 - b2) * g * g
+  return (mu / (1 - b1**count)) / (np.sqrt(nu / (1 - b2**count)) + eps)
+
+
+@pytest.mark.parametrize("moments", ["remap", "reset"])
+def test_reselection_carries_or_resets_moments(moments):
+  # Steps 0 and 1 select entries {0, 1}; before step 2 the params change so
+  # that step 2 selects {0, 2}: entry 0 stays, entry 2 is new.
+  tx = na.scale_by_nanoadam(density=0.5, mask_interval=2, moments=moments)
+  params = {"w": jnp.array([0.0, 1.0, 2.0, 50.0])}
+  state = tx.init(params)
+  for grad in ([1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0]):
+    _, state = tx.update({"w": jnp.array(grad)}, state, params)
+  params = {"w": jnp.array([0.0, 5.0, 0.5, 50.0])}
+  updates, _ = tx.update({"w": jnp.array([-1.0, 3.0, 2.0, 1.0])}, state, params)
+  got = np.asarray(updates["w"])
+  if moments == "remap":
+    expected = [adam_by_hand([1, 1, -1], 3), 0.0, adam_by_hand([2], 3), 0.0]
+  else:
+    expected = [adam_by_hand([-1], 1), 0.0, adam_by_hand([2], 1), 0.0]
+  np.testing.assert_allclose(got, expected, rtol=BIAS_RTOL)
+
+
+def test_random_selection_is_seeded_and_differs_from_smallest():
+  params = {"w": jnp.asarray(np.random.default_rng(0).normal(size=300))}
+  params = jax.tree.map(lambda p: p.astype(jnp.float32), params)
+  grad = {"w": jnp.ones(300, jnp.float32)}
+
+  def support(**kwargs):
+    tx = na.scale_by_nanoadam(density=0.1, **kwargs)
+    updates, _ = tx.update(grad, tx.init(params), params)
+    return tuple(np.flatnonzero(np.asarray(updates["w"])))
+
+  assert len(support(select="random", seed=1)) == 30
+  assert support(select="random", seed=1) == support(select="random", seed=1)
+  assert support(select="random", seed=1) != support(select="random", seed=2)
+  assert support(select="random", seed=1) != support(select="smallest")
+
+
+def test_empty_and_scalar_leaves():
+  params = {"empty": jnp.zeros((0, 3)), "scalar": jnp.array(2.0)}
+  tx = na.nanoadam(0.1, density=0.01)
+  state = tx.init(params)
+  grads = {"empty": jnp.zeros((0, 3)), "scalar": jnp.array(1.0)}
+  updates, _ = tx.update(grads, state, params)
+  assert updates["empty"].shape == (0, 3)
+  # A scalar has one entry, so k = 1 and it is always selected.
+  assert float(updates["scalar"]) == pytest.approx(-0.1, rel=BIAS_RTOL)
