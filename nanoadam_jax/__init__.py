@@ -16,12 +16,12 @@ from nanoadam_jax._selection import lowest_k_indices
 __version__ = "0.1.0"
 
 __all__ = (
-    "MOMENTS",
-    "SELECTION_BACKENDS",
-    "SELECT_RULES",
-    "ScaleByNanoAdamState",
-    "lowest_k_indices",
-    "nanoadam",
-    "scale_by_nanoadam",
-    "state_bytes",
+  "MOMENTS",
+  "SELECTION_BACKENDS",
+  "SELECT_RULES",
+  "ScaleByNanoAdamState",
+  "lowest_k_indices",
+  "nanoadam",
+  "scale_by_nanoadam",
+  "state_bytes",
 )

@@ -7,9 +7,9 @@ transformation with fixed-size sparse state.
 
 import math
 from collections.abc import Callable
-from typing import Any, NamedTuple, Optional
+from typing import Any
+from typing import NamedTuple
 
-import chex
 import jax
 import jax.numpy as jnp
 import optax
@@ -63,7 +63,7 @@ class _LeafPlan(NamedTuple):
   k: int  # buffer size for a sparse leaf, 0 otherwise
 
 
-def _concrete_float(value: Any) -> Optional[float]:
+def _concrete_float(value: Any) -> float | None:
   """``float(value)``, or None when it is traced (e.g. inject_hyperparams)."""
   if isinstance(value, jax.core.Tracer):
     return None
@@ -78,9 +78,9 @@ def _check_static_number(name: str, value: Any) -> None:
   """Shape-fixing arguments must be Python numbers, not (traced) arrays."""
   if isinstance(value, jax.Array):
     raise TypeError(
-        f"`{name}` fixes buffer sizes or the selection schedule, so it must "
-        f"be a Python number, got a {type(value).__name__}. Under "
-        f"optax.inject_hyperparams, list {name!r} in `static_args`."
+      f"`{name}` fixes buffer sizes or the selection schedule, so it must "
+      f"be a Python number, got a {type(value).__name__}. Under "
+      f"optax.inject_hyperparams, list {name!r} in `static_args`."
     )
 
 
@@ -91,24 +91,24 @@ def _check_interval(name: str, value: Any) -> None:
 
 
 def _check_hyperparams(
-    density: float,
-    mask_interval: int,
-    b1: Any,
-    b2: Any,
-    eps: Any,
-    eps_root: Any,
-    weight_decay: Any,
-    density_schedule: Any,
-    density_interval: Any,
-    moments: str,
-    select: str,
-    mu_dtype: Any,
-    seed: Any,
+  density: float,
+  mask_interval: int,
+  b1: Any,
+  b2: Any,
+  eps: Any,
+  eps_root: Any,
+  weight_decay: Any,
+  density_schedule: Any,
+  density_interval: Any,
+  moments: str,
+  select: str,
+  mu_dtype: Any,
+  seed: Any,
 ) -> None:
   """Raises on a bad hyperparameter, naming it."""
   _check_static_number("density", density)
   if isinstance(density, bool) or not isinstance(
-      density, int | float | jnp.number
+    density, int | float | jnp.number
   ):
     raise TypeError(f"`density` must be a number, got {density!r}.")
   if not 0.0 < float(density) <= 1.0:
@@ -117,19 +117,19 @@ def _check_hyperparams(
   if density_schedule is not None:
     if not callable(density_schedule):
       raise TypeError(
-          "`density_schedule` must be a callable step -> fraction, got "
-          f"{type(density_schedule).__name__}."
+        "`density_schedule` must be a callable step -> fraction, got "
+        f"{type(density_schedule).__name__}."
       )
     if density_interval is None:
       raise ValueError(
-          "`density_schedule` needs `density_interval`: how many steps "
-          "apart the schedule is re-read."
+        "`density_schedule` needs `density_interval`: how many steps "
+        "apart the schedule is re-read."
       )
   if density_interval is not None:
     if density_schedule is None:
       raise ValueError(
-          "`density_interval` was given without `density_schedule`; it has "
-          "no effect alone."
+        "`density_interval` was given without `density_schedule`; it has "
+        "no effect alone."
       )
     _check_interval("density_interval", density_interval)
   for name, value in (("b1", b1), ("b2", b2)):
@@ -137,9 +137,9 @@ def _check_hyperparams(
     if concrete is not None and not 0.0 <= concrete < 1.0:
       raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}.")
   for name, value in (
-      ("eps", eps),
-      ("eps_root", eps_root),
-      ("weight_decay", weight_decay),
+    ("eps", eps),
+    ("eps_root", eps_root),
+    ("weight_decay", weight_decay),
   ):
     concrete = _concrete_float(value)
     if concrete is not None and not concrete >= 0.0:
@@ -147,12 +147,10 @@ def _check_hyperparams(
   if moments not in MOMENTS:
     raise ValueError(f"`moments` must be one of {MOMENTS}, got {moments!r}.")
   if select not in SELECT_RULES:
-    raise ValueError(
-        f"`select` must be one of {SELECT_RULES}, got {select!r}."
-    )
+    raise ValueError(f"`select` must be one of {SELECT_RULES}, got {select!r}.")
   if mu_dtype is not None and not jnp.issubdtype(mu_dtype, jnp.floating):
     raise ValueError(
-        f"`mu_dtype` must be a floating-point dtype, got {mu_dtype!r}."
+      f"`mu_dtype` must be a floating-point dtype, got {mu_dtype!r}."
     )
   _check_static_number("seed", seed)
   if not _is_int(seed):
@@ -160,9 +158,9 @@ def _check_hyperparams(
 
 
 def _plan(
-    params: Any,
-    is_excluded: Callable[[str, Any], bool],
-    density: float,
+  params: Any,
+  is_excluded: Callable[[str, Any], bool],
+  density: float,
 ) -> tuple[list[_LeafPlan], list[Any], Any]:
   """Routes each leaf and sizes its buffer; returns plans, leaves, treedef."""
   paths, leaves, treedef, sparse = _tree.route_leaves(params, is_excluded)
@@ -172,18 +170,18 @@ def _plan(
     k = _tree.buffer_size(density, n) if is_sparse else 0
     if is_sparse and n + k - 1 > _MAX_INT32:
       raise ValueError(
-          f"Parameter {path!r} has {n} entries: with a buffer of {k} it "
-          "needs flat indices beyond int32. Exclude it or split the tensor."
+        f"Parameter {path!r} has {n} entries: with a buffer of {k} it "
+        "needs flat indices beyond int32. Exclude it or split the tensor."
       )
     plans.append(
-        _LeafPlan(
-            path=path,
-            shape=tuple(leaf.shape),
-            dtype=jnp.dtype(leaf.dtype),
-            sparse=is_sparse,
-            trainable=_tree.is_trainable_dtype(leaf.dtype),
-            k=k,
-        )
+      _LeafPlan(
+        path=path,
+        shape=tuple(leaf.shape),
+        dtype=jnp.dtype(leaf.dtype),
+        sparse=is_sparse,
+        trainable=_tree.is_trainable_dtype(leaf.dtype),
+        k=k,
+      )
     )
   return plans, leaves, treedef
 
@@ -194,7 +192,7 @@ def _flatten_like(treedef: Any, tree: Any, what: str) -> list[Any]:
     return treedef.flatten_up_to(tree)
   except (ValueError, TypeError) as error:
     raise ValueError(
-        f"The {what} tree does not match the params tree: {error}"
+      f"The {what} tree does not match the params tree: {error}"
     ) from error
 
 
@@ -215,17 +213,30 @@ def _one_minus(decay: Any, dtype: Any) -> jax.Array:
   return jnp.asarray(1 - concrete, dtype)
 
 
+def _wider_float(a: Any, b: Any) -> Any:
+  """The float dtype both ``a`` and ``b`` convert to without loss.
+
+  Written out because ``jnp.promote_types`` obeys strict dtype promotion.
+  """
+  a, b = jnp.dtype(a), jnp.dtype(b)
+  if a == b:
+    return a
+  if a.itemsize != b.itemsize:
+    return a if a.itemsize > b.itemsize else b
+  return jnp.dtype(jnp.float32)  # bfloat16 with float16
+
+
 def _adam_direction(
-    grad: jax.Array,
-    mu: jax.Array,
-    nu: jax.Array,
-    param: jax.Array,
-    bias_count: jax.Array,
-    b1: Any,
-    b2: Any,
-    eps: Any,
-    eps_root: Any,
-    weight_decay: Any,
+  grad: jax.Array,
+  mu: jax.Array,
+  nu: jax.Array,
+  param: jax.Array,
+  bias_count: jax.Array,
+  b1: Any,
+  b2: Any,
+  eps: Any,
+  eps_root: Any,
+  weight_decay: Any,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One AdamW step on matching arrays; returns (direction, mu, nu).
 
@@ -233,16 +244,18 @@ def _adam_direction(
   ``optax.add_decayed_weights``, so that a dense run matches ``optax.adamw``
   to float32 rounding.
   """
-  compute = jnp.promote_types(mu.dtype, nu.dtype)
+  compute = _wider_float(mu.dtype, nu.dtype)
   # Hyperparameters may be traced float32 (inject_hyperparams); cast them to
   # each buffer's dtype so bfloat16 state stays bfloat16.
-  mu = _one_minus(b1, mu.dtype) * grad.astype(mu.dtype) + jnp.asarray(
-      b1, mu.dtype
-  ) * mu
+  mu = (
+    _one_minus(b1, mu.dtype) * grad.astype(mu.dtype)
+    + jnp.asarray(b1, mu.dtype) * mu
+  )
   grad_nu = grad.astype(nu.dtype)
-  nu = _one_minus(b2, nu.dtype) * (grad_nu * grad_nu) + jnp.asarray(
-      b2, nu.dtype
-  ) * nu
+  nu = (
+    _one_minus(b2, nu.dtype) * (grad_nu * grad_nu)
+    + jnp.asarray(b2, nu.dtype) * nu
+  )
   count = bias_count.astype(jnp.float32)
   mu_correction = 1 - jnp.asarray(b1, jnp.float32) ** count
   nu_correction = 1 - jnp.asarray(b2, jnp.float32) ** count
@@ -257,22 +270,22 @@ def _adam_direction(
 
 
 def scale_by_nanoadam(
-    density: float = 0.1,
-    mask_interval: int = 100,
-    *,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    weight_decay: float = 0.0,
-    density_schedule: Optional[Callable[[jax.Array], Any]] = None,
-    density_interval: Optional[int] = None,
-    moments: str = "remap",
-    select: str = "smallest",
-    exclude: _tree.Exclude = None,
-    mu_dtype: Optional[Any] = None,
-    seed: int = 0,
-    selection: str = "top_k",
+  density: float = 0.1,
+  mask_interval: int = 100,
+  *,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  eps_root: float = 0.0,
+  weight_decay: float = 0.0,
+  density_schedule: Callable[[jax.Array], Any] | None = None,
+  density_interval: int | None = None,
+  moments: str = "remap",
+  select: str = "smallest",
+  exclude: _tree.Exclude = None,
+  mu_dtype: Any | None = None,
+  seed: int = 0,
+  selection: str = "top_k",
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by Adam on each tensor's smallest-magnitude entries.
 
@@ -347,19 +360,19 @@ def scale_by_nanoadam(
     <https://arxiv.org/abs/2506.21374>`_, NeurIPS 2025
   """
   _check_hyperparams(
-      density,
-      mask_interval,
-      b1,
-      b2,
-      eps,
-      eps_root,
-      weight_decay,
-      density_schedule,
-      density_interval,
-      moments,
-      select,
-      mu_dtype,
-      seed,
+    density,
+    mask_interval,
+    b1,
+    b2,
+    eps,
+    eps_root,
+    weight_decay,
+    density_schedule,
+    density_interval,
+    moments,
+    select,
+    mu_dtype,
+    seed,
   )
   _selection.check_selection(selection)
   is_excluded = _tree.compile_exclude(exclude)
@@ -387,13 +400,13 @@ def scale_by_nanoadam(
         nus.append(jnp.zeros((0,), plan.dtype))
     unflatten = treedef.unflatten
     return ScaleByNanoAdamState(
-        count=jnp.zeros([], jnp.int32),
-        indices=unflatten(indices),
-        mu=unflatten(mus),
-        nu=unflatten(nus),
+      count=jnp.zeros([], jnp.int32),
+      indices=unflatten(indices),
+      mu=unflatten(mus),
+      nu=unflatten(nus),
     )
 
-  def active_count(step: jax.Array, n: int, k: int) -> Optional[jax.Array]:
+  def active_count(step: jax.Array, n: int, k: int) -> jax.Array | None:
     """``k_t`` for a tensor of ``n`` entries, or None without a schedule."""
     if density_schedule is None:
       return None
@@ -421,10 +434,10 @@ def scale_by_nanoadam(
     return jax.random.uniform(key, flat.shape, jnp.float32)
 
   def reselect(
-      plans: list[_LeafPlan],
-      params: list[jax.Array],
-      step: jax.Array,
-      buffers: tuple[list, list, list],
+    plans: list[_LeafPlan],
+    params: list[jax.Array],
+    step: jax.Array,
+    buffers: tuple[list, list, list],
   ) -> tuple[list, list, list]:
     """New selections for the sparse leaves, with their moments carried."""
     old_indices, old_mu, old_nu = buffers
@@ -432,10 +445,10 @@ def scale_by_nanoadam(
     for leaf_no, (plan, param) in enumerate(zip(plans, params, strict=True)):
       n = math.prod(plan.shape)
       chosen = _selection.lowest_k_indices(
-          scores_of(param, step, leaf_no),
-          plan.k,
-          active_count(step, n, plan.k),
-          selection,
+        scores_of(param, step, leaf_no),
+        plan.k,
+        active_count(step, n, plan.k),
+        selection,
       )
       mu, nu = old_mu[leaf_no], old_nu[leaf_no]
       if moments == "reset":
@@ -454,14 +467,19 @@ def scale_by_nanoadam(
     return new_indices, new_mu, new_nu
 
   def update_fn(
-      updates: optax.Updates,
-      state: ScaleByNanoAdamState,
-      params: Optional[optax.Params] = None,
-      **extra_args: Any,
+    updates: optax.Updates,
+    state: ScaleByNanoAdamState,
+    params: optax.Params | None = None,
+    **extra_args: Any,
   ) -> tuple[optax.Updates, ScaleByNanoAdamState]:
     del extra_args
     if params is None:
-      raise ValueError(optax.NO_PARAMS_MSG)
+      raise ValueError(
+        "You are using a transformation that requires the current value of "
+        "parameters, but you are not passing `params` when calling "
+        "`update`: NanoAdam selects entries by |param|. Call "
+        "`tx.update(grads, state, params)`."
+      )
     plans, param_leaves, treedef = _plan(params, is_excluded, density)
     grads = _flatten_like(treedef, updates, "gradient")
     indices = _flatten_like(treedef, state.indices, "state.indices")
@@ -470,8 +488,8 @@ def scale_by_nanoadam(
     for plan, grad in zip(plans, grads, strict=True):
       if tuple(grad.shape) != plan.shape:
         raise ValueError(
-            f"Gradient of {plan.path!r} has shape {tuple(grad.shape)}, but "
-            f"the param has shape {plan.shape}."
+          f"Gradient of {plan.path!r} has shape {tuple(grad.shape)}, but "
+          f"the param has shape {plan.shape}."
         )
 
     step = state.count
@@ -487,12 +505,12 @@ def scale_by_nanoadam(
       # One cond for all leaves: the steady step skips selection entirely and
       # the jitted update compiles once.
       selected = jax.lax.cond(
-          should_select,
-          lambda buffers: reselect(
-              pick(plans), pick(param_leaves), step, buffers
-          ),
-          lambda buffers: buffers,
-          (pick(indices), pick(mus), pick(nus)),
+        should_select,
+        lambda buffers: reselect(
+          pick(plans), pick(param_leaves), step, buffers
+        ),
+        lambda buffers: buffers,
+        (pick(indices), pick(mus), pick(nus)),
       )
       for i, chosen, mu, nu in zip(sparse, *selected, strict=True):
         indices[i], mus[i], nus[i] = chosen, mu, nu
@@ -502,7 +520,7 @@ def scale_by_nanoadam(
     if moments == "reset":
       sparse_count = step - last_selection_step(step) + 1
     hyper = dict(
-        b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay
+      b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay
     )
     # With a schedule, padding slots (index >= n) fill with zero gradients,
     # so their moments and direction stay exactly zero and their writes drop.
@@ -514,7 +532,7 @@ def scale_by_nanoadam(
         out.append(jnp.zeros(plan.shape, plan.dtype))
       elif not plan.sparse:
         direction, mus[i], nus[i] = _adam_direction(
-            grad, mus[i], nus[i], param, dense_count, **hyper
+          grad, mus[i], nus[i], param, dense_count, **hyper
         )
         out.append(direction.astype(plan.dtype))
       elif plan.k == 0:
@@ -522,34 +540,34 @@ def scale_by_nanoadam(
       else:
         where = indices[i]
         gather = dict(
-            mode=mode,
-            fill_value=0 if mode == "fill" else None,
-            indices_are_sorted=True,
-            unique_indices=True,
+          mode=mode,
+          fill_value=0 if mode == "fill" else None,
+          indices_are_sorted=True,
+          unique_indices=True,
         )
         direction, mus[i], nus[i] = _adam_direction(
-            grad.reshape(-1).at[where].get(**gather),
-            mus[i],
-            nus[i],
-            param.reshape(-1).at[where].get(**gather),
-            sparse_count,
-            **hyper,
+          grad.reshape(-1).at[where].get(**gather),
+          mus[i],
+          nus[i],
+          param.reshape(-1).at[where].get(**gather),
+          sparse_count,
+          **hyper,
         )
         dense = jnp.zeros((math.prod(plan.shape),), plan.dtype)
         dense = dense.at[where].set(
-            direction.astype(plan.dtype),
-            mode="drop" if mode == "fill" else "promise_in_bounds",
-            indices_are_sorted=True,
-            unique_indices=True,
+          direction.astype(plan.dtype),
+          mode="drop" if mode == "fill" else "promise_in_bounds",
+          indices_are_sorted=True,
+          unique_indices=True,
         )
         out.append(dense.reshape(plan.shape))
 
     unflatten = treedef.unflatten
     new_state = ScaleByNanoAdamState(
-        count=dense_count,
-        indices=unflatten(indices),
-        mu=unflatten(mus),
-        nu=unflatten(nus),
+      count=dense_count,
+      indices=unflatten(indices),
+      mu=unflatten(mus),
+      nu=unflatten(nus),
     )
     return unflatten(out), new_state
 
@@ -557,23 +575,23 @@ def scale_by_nanoadam(
 
 
 def nanoadam(
-    learning_rate: optax.ScalarOrSchedule,
-    density: float = 0.1,
-    mask_interval: int = 100,
-    *,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    weight_decay: float = 0.0,
-    density_schedule: Optional[Callable[[jax.Array], Any]] = None,
-    density_interval: Optional[int] = None,
-    moments: str = "remap",
-    select: str = "smallest",
-    exclude: _tree.Exclude = None,
-    mu_dtype: Optional[Any] = None,
-    seed: int = 0,
-    selection: str = "top_k",
+  learning_rate: optax.ScalarOrSchedule,
+  density: float = 0.1,
+  mask_interval: int = 100,
+  *,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  eps_root: float = 0.0,
+  weight_decay: float = 0.0,
+  density_schedule: Callable[[jax.Array], Any] | None = None,
+  density_interval: int | None = None,
+  moments: str = "remap",
+  select: str = "smallest",
+  exclude: _tree.Exclude = None,
+  mu_dtype: Any | None = None,
+  seed: int = 0,
+  selection: str = "top_k",
 ) -> optax.GradientTransformationExtraArgs:
   r"""NanoAdam: AdamW on each tensor's smallest-magnitude entries only.
 
@@ -637,22 +655,22 @@ def nanoadam(
     <https://arxiv.org/abs/2506.21374>`_, NeurIPS 2025
   """
   return optax.chain(
-      scale_by_nanoadam(
-          density,
-          mask_interval,
-          b1=b1,
-          b2=b2,
-          eps=eps,
-          eps_root=eps_root,
-          weight_decay=weight_decay,
-          density_schedule=density_schedule,
-          density_interval=density_interval,
-          moments=moments,
-          select=select,
-          exclude=exclude,
-          mu_dtype=mu_dtype,
-          seed=seed,
-          selection=selection,
-      ),
-      optax.scale_by_learning_rate(learning_rate),
+    scale_by_nanoadam(
+      density,
+      mask_interval,
+      b1=b1,
+      b2=b2,
+      eps=eps,
+      eps_root=eps_root,
+      weight_decay=weight_decay,
+      density_schedule=density_schedule,
+      density_interval=density_interval,
+      moments=moments,
+      select=select,
+      exclude=exclude,
+      mu_dtype=mu_dtype,
+      seed=seed,
+      selection=selection,
+    ),
+    optax.scale_by_learning_rate(learning_rate),
   )

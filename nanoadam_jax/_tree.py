@@ -3,13 +3,14 @@
 import math
 import re
 from collections.abc import Callable
-from typing import Any, Union
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 
 # A regex on the "/"-joined leaf path, or a predicate on (path, leaf).
-Exclude = Union[None, str, re.Pattern, Callable[[str, Any], bool]]
+Exclude = None | str | re.Pattern | Callable[[str, Any], bool]
+
 
 def _key_name(key: Any) -> str:
   for attr in ("key", "name", "idx"):
@@ -26,8 +27,10 @@ def path_str(path: tuple[Any, ...]) -> str:
   of plain arrays, and both must give the same path.
   """
   names = [_key_name(key) for key in path]
-  if path and isinstance(path[-1], jax.tree_util.GetAttrKey) and (
-      names[-1] == "value"
+  if (
+    path
+    and isinstance(path[-1], jax.tree_util.GetAttrKey)
+    and (names[-1] == "value")
   ):
     names = names[:-1]
   return "/".join(names)
@@ -50,14 +53,14 @@ def compile_exclude(exclude: Exclude) -> Callable[[str, Any], bool]:
       pattern = re.compile(exclude)
     except re.error as error:
       raise ValueError(
-          f"`exclude` is not a valid regular expression: {error}"
+        f"`exclude` is not a valid regular expression: {error}"
       ) from error
     return lambda path, leaf: pattern.search(path) is not None
   if callable(exclude):
     return lambda path, leaf: bool(exclude(path, leaf))
   raise TypeError(
-      "`exclude` must be None, a regex string or a callable(path, leaf) -> "
-      f"bool, got {type(exclude).__name__}."
+    "`exclude` must be None, a regex string or a callable(path, leaf) -> "
+    f"bool, got {type(exclude).__name__}."
   )
 
 
@@ -78,7 +81,7 @@ def is_trainable_dtype(dtype: Any) -> bool:
 
 
 def route_leaves(
-    params: Any, is_excluded: Callable[[str, Any], bool]
+  params: Any, is_excluded: Callable[[str, Any], bool]
 ) -> tuple[list[str], list[Any], Any, list[bool]]:
   """Decides, per leaf, whether it is trained sparsely.
 
@@ -93,16 +96,16 @@ def route_leaves(
   for path, leaf in zip(paths, leaves, strict=True):
     if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):
       raise TypeError(
-          f"Parameter {path!r} is a {type(leaf).__name__}, not an array."
+        f"Parameter {path!r} is a {type(leaf).__name__}, not an array."
       )
     if is_excluded(path, leaf):
       sparse.append(False)
       continue
     if not is_trainable_dtype(leaf.dtype):
       raise TypeError(
-          f"Parameter {path!r} has dtype {jnp.dtype(leaf.dtype).name}; "
-          "NanoAdam trains floating-point leaves only. Exclude it with "
-          "`exclude=` (excluded non-float leaves get zero updates)."
+        f"Parameter {path!r} has dtype {jnp.dtype(leaf.dtype).name}; "
+        "NanoAdam trains floating-point leaves only. Exclude it with "
+        "`exclude=` (excluded non-float leaves get zero updates)."
       )
     sparse.append(True)
   return paths, leaves, treedef, sparse

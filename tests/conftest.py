@@ -18,10 +18,10 @@ def tree_params() -> dict[str, jax.Array]:
   """A small multi-leaf tree: a matrix, a vector, a scalar and a 3-D tensor."""
   rng = np.random.default_rng(0)
   return {
-      "dense/kernel": jnp.asarray(rng.normal(size=(8, 6)), jnp.float32),
-      "dense/bias": jnp.asarray(rng.normal(size=(6,)), jnp.float32),
-      "scale": jnp.asarray(0.7, jnp.float32),
-      "conv": jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32),
+    "dense/kernel": jnp.asarray(rng.normal(size=(8, 6)), jnp.float32),
+    "dense/bias": jnp.asarray(rng.normal(size=(6,)), jnp.float32),
+    "scale": jnp.asarray(0.7, jnp.float32),
+    "conv": jnp.asarray(rng.normal(size=(3, 4, 5)), jnp.float32),
   }
 
 
@@ -29,10 +29,10 @@ def random_grads(params, steps: int, seed: int = 1):
   """A list of ``steps`` gradient trees drawn independently of the params."""
   rng = np.random.default_rng(seed)
   return [
-      jax.tree.map(
-          lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params
-      )
-      for _ in range(steps)
+    jax.tree.map(
+      lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params
+    )
+    for _ in range(steps)
   ]
 
 

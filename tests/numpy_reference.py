@@ -5,8 +5,8 @@ package, so agreement between the two is evidence for both.
 """
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Optional
+from collections.abc import Callable
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -29,22 +29,22 @@ def lowest(scores: np.ndarray, count: int) -> np.ndarray:
 
 
 def run(
-    params: dict[str, np.ndarray],
-    grads: Sequence[dict[str, np.ndarray]],
-    learning_rate: Callable[[int], float],
-    density: float,
-    mask_interval: int,
-    *,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-8,
-    eps_root: float = 0.0,
-    weight_decay: float = 0.0,
-    density_schedule: Optional[Callable[[int], float]] = None,
-    density_interval: Optional[int] = None,
-    moments: str = "remap",
-    select: str = "smallest",
-    excluded: Sequence[str] = (),
+  params: dict[str, np.ndarray],
+  grads: Sequence[dict[str, np.ndarray]],
+  learning_rate: Callable[[int], float],
+  density: float,
+  mask_interval: int,
+  *,
+  b1: float = 0.9,
+  b2: float = 0.999,
+  eps: float = 1e-8,
+  eps_root: float = 0.0,
+  weight_decay: float = 0.0,
+  density_schedule: Callable[[int], float] | None = None,
+  density_interval: int | None = None,
+  moments: str = "remap",
+  select: str = "smallest",
+  excluded: Sequence[str] = (),
 ) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
   """Runs NanoAdam for ``len(grads)`` steps in float64.
 
@@ -60,7 +60,7 @@ def run(
   history = []
   for t, grad in enumerate(grads):
     reselect = t % mask_interval == 0 or (
-        density_schedule is not None and t % density_interval == 0
+      density_schedule is not None and t % density_interval == 0
     )
     if reselect:
       last_selection = t
@@ -95,9 +95,7 @@ def run(
         else:
           raise NotImplementedError(select)
         old = moments_of[name] if moments == "remap" else {}
-        moments_of[name] = {
-            int(i): old.get(int(i), [0.0, 0.0]) for i in chosen
-        }
+        moments_of[name] = {int(i): old.get(int(i), [0.0, 0.0]) for i in chosen}
         selected[name] = chosen
       update = np.zeros(n)
       for i in selected[name]:

@@ -8,7 +8,9 @@ import pytest
 
 import nanoadam_jax as na
 from tests import numpy_reference
-from tests.conftest import optax_reference, random_grads, strict_schedule
+from tests.conftest import optax_reference
+from tests.conftest import random_grads
+from tests.conftest import strict_schedule
 
 
 def run_jax(tx, params, grads):
@@ -36,49 +38,49 @@ def as_numpy(tree):
 @pytest.mark.parametrize("mask_interval", [1, 7, 1000])
 def test_full_density_equals_adamw(tree_params, mask_interval):
   schedule = strict_schedule(
-      optax.cosine_decay_schedule(3e-2, decay_steps=60, alpha=0.1)
+    optax.cosine_decay_schedule(3e-2, decay_steps=60, alpha=0.1)
   )
   grads = random_grads(tree_params, 60)
   ours, our_updates, _ = run_jax(
-      na.nanoadam(
-          schedule, density=1.0, mask_interval=mask_interval, weight_decay=0.1
-      ),
-      tree_params,
-      grads,
+    na.nanoadam(
+      schedule, density=1.0, mask_interval=mask_interval, weight_decay=0.1
+    ),
+    tree_params,
+    grads,
   )
   with optax_reference():
     theirs, their_updates, _ = run_jax(
-        optax.adamw(schedule, weight_decay=0.1), tree_params, grads
+      optax.adamw(schedule, weight_decay=0.1), tree_params, grads
     )
   for mine, reference in zip(our_updates, their_updates, strict=True):
     for name in tree_params:
       np.testing.assert_allclose(
-          mine[name], reference[name], rtol=1e-5, atol=1e-7
+        mine[name], reference[name], rtol=1e-5, atol=1e-7
       )
   for name in tree_params:
     np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-6, atol=1e-7)
 
 
 REFERENCE_CONFIGS = {
-    "remap": dict(density=0.2, mask_interval=5),
-    "reset": dict(density=0.2, mask_interval=5, moments="reset"),
-    "weight_decay": dict(density=0.3, mask_interval=4, weight_decay=0.5),
-    "largest": dict(density=0.1, mask_interval=3, select="largest"),
-    "eps_root": dict(density=0.25, mask_interval=6, eps_root=1e-4, b1=0.5),
-    "schedule_remap": dict(
-        density=0.3,
-        mask_interval=9,
-        density_schedule=lambda t: 0.3 - 0.01 * t,
-        density_interval=4,
-    ),
-    "schedule_reset": dict(
-        density=0.2,
-        mask_interval=6,
-        density_schedule=lambda t: 0.05 + 0.01 * t,
-        density_interval=5,
-        moments="reset",
-    ),
-    "excluded": dict(density=0.2, mask_interval=5, exclude=("dense/bias",)),
+  "remap": dict(density=0.2, mask_interval=5),
+  "reset": dict(density=0.2, mask_interval=5, moments="reset"),
+  "weight_decay": dict(density=0.3, mask_interval=4, weight_decay=0.5),
+  "largest": dict(density=0.1, mask_interval=3, select="largest"),
+  "eps_root": dict(density=0.25, mask_interval=6, eps_root=1e-4, b1=0.5),
+  "schedule_remap": dict(
+    density=0.3,
+    mask_interval=9,
+    density_schedule=lambda t: 0.3 - 0.01 * t,
+    density_interval=4,
+  ),
+  "schedule_reset": dict(
+    density=0.2,
+    mask_interval=6,
+    density_schedule=lambda t: 0.05 + 0.01 * t,
+    density_interval=5,
+    moments="reset",
+  ),
+  "excluded": dict(density=0.2, mask_interval=5, exclude=("dense/bias",)),
 }
 
 
@@ -92,36 +94,34 @@ def test_matches_float64_reference(tree_params, name):
   if jax_config.get("density_schedule") is not None:
     python_schedule = jax_config["density_schedule"]
     jax_config["density_schedule"] = lambda t: python_schedule(
-        t.astype(jnp.float32)
+      t.astype(jnp.float32)
     )
   if excluded:
     jax_config["exclude"] = "|".join(f"^{path}$" for path in excluded)
   ours, our_updates, _ = run_jax(
-      na.nanoadam(learning_rate, **jax_config), tree_params, grads
+    na.nanoadam(learning_rate, **jax_config), tree_params, grads
   )
   expected, expected_updates = numpy_reference.run(
-      as_numpy(tree_params),
-      [as_numpy(g) for g in grads],
-      lambda t: learning_rate,
-      excluded=excluded,
-      **config,
+    as_numpy(tree_params),
+    [as_numpy(g) for g in grads],
+    lambda t: learning_rate,
+    excluded=excluded,
+    **config,
   )
   for step, (mine, reference) in enumerate(
-      zip(our_updates, expected_updates, strict=True)
+    zip(our_updates, expected_updates, strict=True)
   ):
     for leaf in tree_params:
       np.testing.assert_array_equal(
-          np.asarray(mine[leaf]) != 0,
-          reference[leaf] != 0,
-          err_msg=f"selected entries differ at step {step} in {leaf}",
+        np.asarray(mine[leaf]) != 0,
+        reference[leaf] != 0,
+        err_msg=f"selected entries differ at step {step} in {leaf}",
       )
       np.testing.assert_allclose(
-          mine[leaf], reference[leaf], rtol=2e-5, atol=1e-7
+        mine[leaf], reference[leaf], rtol=2e-5, atol=1e-7
       )
   for leaf in tree_params:
-    np.testing.assert_allclose(
-        ours[leaf], expected[leaf], rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(ours[leaf], expected[leaf], rtol=1e-5, atol=1e-5)
 
 
 def test_reference_configs_exercise_what_they_claim(tree_params):
@@ -130,18 +130,18 @@ def test_reference_configs_exercise_what_they_claim(tree_params):
   grads = random_grads(tree_params, 25, seed=3)
   config = dict(REFERENCE_CONFIGS["schedule_reset"])
   _, updates = numpy_reference.run(
-      as_numpy(tree_params),
-      [as_numpy(g) for g in grads],
-      lambda t: 0.05,
-      **config,
+    as_numpy(tree_params),
+    [as_numpy(g) for g in grads],
+    lambda t: 0.05,
+    **config,
   )
   counts = {int(np.sum(u["conv"] != 0)) for u in updates}
   assert len(counts) >= 3, counts
   _, updates = numpy_reference.run(
-      as_numpy(tree_params),
-      [as_numpy(g) for g in grads],
-      lambda t: 0.05,
-      **REFERENCE_CONFIGS["remap"],
+    as_numpy(tree_params),
+    [as_numpy(g) for g in grads],
+    lambda t: 0.05,
+    **REFERENCE_CONFIGS["remap"],
   )
   supports = {tuple(np.flatnonzero(u["conv"])) for u in updates}
   assert len(supports) >= 2
@@ -152,7 +152,7 @@ def test_never_selected_entries_are_bit_identical():
   # Small entries in the first half, large ones in the second: the large half
   # can never enter a 10% selection within 30 small steps.
   values = np.concatenate(
-      [rng.uniform(-0.01, 0.01, 500), rng.uniform(5.0, 6.0, 500)]
+    [rng.uniform(-0.01, 0.01, 500), rng.uniform(5.0, 6.0, 500)]
   )
   params = {"w": jnp.asarray(values, jnp.float32)}
   tx = na.nanoadam(1e-3, density=0.1, mask_interval=3)
@@ -161,8 +161,8 @@ def test_never_selected_entries_are_bit_identical():
   assert moved.size > 0
   assert moved.max() < 500
   np.testing.assert_array_equal(
-      np.asarray(final["w"])[500:].view(np.uint32),
-      values[500:].astype(np.float32).view(np.uint32),
+    np.asarray(final["w"])[500:].view(np.uint32),
+    values[500:].astype(np.float32).view(np.uint32),
   )
   for updates in history:
     assert int(jnp.sum(updates["w"] != 0)) <= 100
@@ -170,14 +170,14 @@ def test_never_selected_entries_are_bit_identical():
 
 def test_at_most_k_t_nonzero_under_a_schedule(tree_params):
   schedule = strict_schedule(
-      optax.linear_schedule(0.3, 0.05, transition_steps=20)
+    optax.linear_schedule(0.3, 0.05, transition_steps=20)
   )
   tx = na.nanoadam(
-      0.1,
-      density=0.3,
-      mask_interval=50,
-      density_schedule=schedule,
-      density_interval=5,
+    0.1,
+    density=0.3,
+    mask_interval=50,
+    density_schedule=schedule,
+    density_interval=5,
   )
   _, history, _ = run_jax(tx, tree_params, random_grads(tree_params, 25))
   for t, updates in enumerate(history):
@@ -195,11 +195,11 @@ def test_ties_go_to_the_lower_flat_index():
   tx = na.scale_by_nanoadam(density=0.5)
   updates, _ = tx.update({"w": jnp.ones((2, 3))}, tx.init(params), params)
   np.testing.assert_array_equal(
-      np.flatnonzero(np.asarray(updates["w"])), [1, 2, 4]
+    np.flatnonzero(np.asarray(updates["w"])), [1, 2, 4]
   )
   # Adam's first step has magnitude 1 (bias-corrected), sign of the gradient.
   np.testing.assert_allclose(
-      np.asarray(updates["w"]).reshape(-1)[[1, 2, 4]], 1.0, rtol=BIAS_RTOL
+    np.asarray(updates["w"]).reshape(-1)[[1, 2, 4]], 1.0, rtol=BIAS_RTOL
   )
 
 

@@ -1,0 +1,122 @@
+"""Every bad input of SPEC.md raises early, naming the argument or the leaf."""
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import nanoadam_jax as na
+
+PARAMS = {"layer": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}}
+
+
+@pytest.mark.parametrize(
+  ("kwargs", "error", "pattern"),
+  [
+    (dict(density=0.0), ValueError, "density"),
+    (dict(density=-0.1), ValueError, "density"),
+    (dict(density=1.5), ValueError, "density"),
+    (dict(density=True), TypeError, "density"),
+    (dict(density="0.1"), TypeError, "density"),
+    (dict(density=jnp.asarray(0.1)), TypeError, "density.*static_args"),
+    (dict(mask_interval=0), ValueError, "mask_interval"),
+    (dict(mask_interval=2.5), ValueError, "mask_interval"),
+    (dict(mask_interval=10.0), ValueError, "mask_interval"),
+    (dict(mask_interval=True), ValueError, "mask_interval"),
+    (
+      dict(density_schedule=lambda t: 0.05),
+      ValueError,
+      "density_interval",
+    ),
+    (dict(density_interval=5), ValueError, "density_schedule"),
+    (
+      dict(density_schedule=lambda t: 0.05, density_interval=0),
+      ValueError,
+      "density_interval",
+    ),
+    (
+      dict(density_schedule=0.05, density_interval=5),
+      TypeError,
+      "density_schedule",
+    ),
+    (dict(b1=1.0), ValueError, "b1"),
+    (dict(b1=-0.1), ValueError, "b1"),
+    (dict(b2=1.2), ValueError, "b2"),
+    (dict(eps=-1e-8), ValueError, "eps"),
+    (dict(eps_root=-1.0), ValueError, "eps_root"),
+    (dict(weight_decay=-0.1), ValueError, "weight_decay"),
+    (dict(weight_decay=float("nan")), ValueError, "weight_decay"),
+    (dict(moments="keep"), ValueError, "moments"),
+    (dict(select="smallest_abs"), ValueError, "select"),
+    (dict(exclude=3), TypeError, "exclude"),
+    (dict(exclude="head["), ValueError, "exclude"),
+    (dict(mu_dtype=jnp.int32), ValueError, "mu_dtype"),
+    (dict(seed=1.5), TypeError, "seed"),
+    (dict(selection="quickselect"), ValueError, "selection"),
+  ],
+)
+def test_bad_hyperparameters_raise_at_construction(kwargs, error, pattern):
+  with pytest.raises(error, match=pattern):
+    na.nanoadam(1e-3, **kwargs)
+  with pytest.raises(error, match=pattern):
+    na.scale_by_nanoadam(**kwargs)
+
+
+def test_integer_leaf_is_named_unless_excluded():
+  params = {"layer": {"kernel": jnp.ones((4, 3)), "step": jnp.zeros((), int)}}
+  with pytest.raises(TypeError, match="layer/step"):
+    na.nanoadam(1e-3).init(params)
+  with pytest.raises(TypeError, match="'flags'"):
+    na.nanoadam(1e-3).init({"flags": jnp.zeros(3, bool)})
+  tx = na.scale_by_nanoadam(exclude="step$")
+  grads = jax.tree.map(jnp.zeros_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Excluded non-float leaves are frozen: a zero update of their own dtype.
+  assert updates["layer"]["step"].dtype == params["layer"]["step"].dtype
+  assert int(updates["layer"]["step"]) == 0
+  # optax.scale_by_learning_rate multiplies that zero by a float, which only
+  # standard promotion allows; apply_updates then casts back.
+  with jax.numpy_dtype_promotion("standard"):
+    tx = na.nanoadam(1e-3, exclude="step$")
+    updates, _ = tx.update(grads, tx.init(params), params)
+    new_params = optax.apply_updates(params, updates)
+  assert new_params["layer"]["step"].dtype == params["layer"]["step"].dtype
+  assert int(new_params["layer"]["step"]) == 0
+
+
+def test_update_without_params_raises():
+  tx = na.nanoadam(1e-3)
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match="requires the current value of param"):
+    tx.update(PARAMS, state)
+
+
+def test_gradient_shape_mismatch_names_the_leaf():
+  tx = na.nanoadam(1e-3)
+  state = tx.init(PARAMS)
+  grads = {"layer": {"kernel": jnp.ones((3, 4)), "bias": jnp.ones(3)}}
+  with pytest.raises(ValueError, match="layer/kernel.*shape"):
+    tx.update(grads, state, PARAMS)
+
+
+def test_gradient_structure_mismatch_is_reported():
+  tx = na.nanoadam(1e-3)
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match="gradient tree"):
+    tx.update({"layer": {"kernel": jnp.ones((4, 3))}}, state, PARAMS)
+
+
+def test_non_array_leaf_is_named():
+  with pytest.raises(TypeError, match="'lr'"):
+    na.nanoadam(1e-3).init({"w": jnp.ones(3), "lr": "fast"})
+
+
+def test_traced_hyperparameters_are_not_validated_but_work():
+  # Under jit, b1 is a tracer: validation skips it instead of failing.
+  @jax.jit
+  def step(b1):
+    tx = na.scale_by_nanoadam(b1=b1)
+    return tx.update(PARAMS, tx.init(PARAMS), PARAMS)[0]
+
+  updates = step(jnp.asarray(0.5))
+  assert updates["layer"]["kernel"].shape == (4, 3)

@@ -1,0 +1,73 @@
+"""Leaf paths, exclusion and buffer sizes."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import pytest
+from flax import nnx
+
+from nanoadam_jax import _tree
+
+
+def test_paths_join_dict_list_and_attribute_keys():
+  tree = {"blocks": [{"kernel": 1.0}, {"kernel": 2.0}], "head": (3.0,)}
+  paths, leaves, _ = _tree.leaf_paths(tree)
+  assert paths == ["blocks/0/kernel", "blocks/1/kernel", "head/0"]
+  assert leaves == [1.0, 2.0, 3.0]
+
+
+def test_nnx_variables_and_pure_arrays_give_the_same_paths():
+  class Model(nnx.Module):
+    def __init__(self):
+      self.linear = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+
+  state = nnx.state(Model(), nnx.Param)
+  with_variables, _, _ = _tree.leaf_paths(state)
+  pure, _, _ = _tree.leaf_paths(nnx.as_pure(state))
+  assert with_variables == pure == ["linear/bias", "linear/kernel"]
+
+
+@pytest.mark.parametrize(
+  ("density", "n", "k"),
+  [
+    (0.1, 100, 10),
+    (0.07, 100, 7),  # 0.07 * 100 is 7.000000000000001 in binary
+    (0.001, 10, 1),  # at least one entry
+    (0.5, 3, 2),
+    (1.0, 17, 17),
+    (0.3, 0, 0),  # empty tensor
+    (0.1, 1, 1),  # scalar
+  ],
+)
+def test_buffer_size(density, n, k):
+  assert _tree.buffer_size(density, n) == k
+
+
+def test_exclude_regex_callable_and_none():
+  leaf = jnp.ones(2)
+  assert _tree.compile_exclude("norm|head")("encoder/norm/scale", leaf)
+  assert not _tree.compile_exclude("norm|head")("encoder/kernel", leaf)
+  assert _tree.compile_exclude(re.compile("^emb"))("embed/table", leaf)
+  by_rank = _tree.compile_exclude(lambda path, leaf: leaf.ndim < 2)
+  assert by_rank("bias", leaf)
+  assert not _tree.compile_exclude(None)("anything", leaf)
+
+
+def test_route_leaves_marks_excluded_and_rejects_integers():
+  params = {"kernel": jnp.ones((2, 2)), "norm": jnp.ones(2)}
+  exclude = _tree.compile_exclude("norm")
+  paths, _, _, sparse = _tree.route_leaves(params, exclude)
+  assert dict(zip(paths, sparse, strict=True)) == {
+    "kernel": True,
+    "norm": False,
+  }
+  with pytest.raises(TypeError, match="'count'.*int32"):
+    _tree.route_leaves({"count": jnp.zeros(2, jnp.int32)}, exclude)
+
+
+def test_route_leaves_accepts_shape_dtype_structs():
+  params = {"w": jax.ShapeDtypeStruct((3, 4), jnp.bfloat16)}
+  _, leaves, _, sparse = _tree.route_leaves(params, _tree.compile_exclude(None))
+  assert sparse == [True]
+  assert leaves[0].shape == (3, 4)
