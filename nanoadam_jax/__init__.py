@@ -4,6 +4,7 @@ An Optax gradient transformation implementing "Pay Attention to Small
 Weights" (Zhou et al., NeurIPS 2025).
 """
 
+from nanoadam_jax._layout import GRANULARITIES
 from nanoadam_jax._memory import state_bytes
 from nanoadam_jax._nanoadam import MOMENTS
 from nanoadam_jax._nanoadam import SELECT_RULES
@@ -16,6 +17,7 @@ from nanoadam_jax._selection import lowest_k_indices
 __version__ = "0.1.0"
 
 __all__ = (
+  "GRANULARITIES",
   "MOMENTS",
   "SELECTION_BACKENDS",
   "SELECT_RULES",

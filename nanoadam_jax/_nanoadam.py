@@ -14,13 +14,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nanoadam_jax import _layout
 from nanoadam_jax import _selection
 from nanoadam_jax import _tree
 
 MOMENTS = ("remap", "reset")
 SELECT_RULES = ("smallest", "largest", "random")
 
-# Padding slots hold ``n + slot``, so a tensor needs ``n + k - 1`` to fit int32.
+# Inactive slots point at ``row_size + slot``, which must fit int32.
 _MAX_INT32 = 2**31 - 1
 
 # Relative slack when turning a float32 schedule value into an entry count, so
@@ -36,10 +37,14 @@ class ScaleByNanoAdamState(NamedTuple):
   of ``n`` entries trained sparsely with a buffer of ``k`` entries:
 
   - ``indices``: shape=(k,), dtype=int32. Ascending flat indices of the
-    selected entries; with a density schedule the slots past the active count
-    ``k_t`` hold the out-of-range padding ``n + slot``.
+    selected entries; with a density schedule only the first ``k_t`` slots
+    are in use (the rest are ignored). All zeros before the first update.
   - ``mu``, ``nu``: shape=(k,), the Adam moments of those entries (``mu`` in
     ``mu_dtype``, ``nu`` in the param's dtype).
+
+  With ``granularity="block"`` the buffers are shape=(blocks, k_block):
+  per contiguous block of the flattened tensor, block-local indices (int16
+  for blocks of at most 32768 entries, else int32) and their moments.
 
   For a leaf trained densely (matched by ``exclude``): ``indices`` has
   shape=(0,), and ``mu``, ``nu`` have the param's shape (shape=(0,) for a
@@ -60,7 +65,12 @@ class _LeafPlan(NamedTuple):
   dtype: Any
   sparse: bool  # trained by NanoAdam (else dense AdamW, or frozen)
   trainable: bool  # floating-point dtype
-  k: int  # buffer size for a sparse leaf, 0 otherwise
+  layout: _layout.Layout | None  # rows and buffer sizes of a sparse leaf
+
+  @property
+  def selects(self) -> bool:
+    """A sparse leaf with entries to select from."""
+    return self.sparse and self.layout.n > 0
 
 
 def _concrete_float(value: Any) -> float | None:
@@ -157,22 +167,50 @@ def _check_hyperparams(
     raise TypeError(f"`seed` must be an int, got {seed!r}.")
 
 
+def _check_granularity(granularity: str, block_size: Any) -> None:
+  if granularity not in _layout.GRANULARITIES:
+    raise ValueError(
+      f"`granularity` must be one of {_layout.GRANULARITIES}, got "
+      f"{granularity!r}."
+    )
+  if granularity == "block":
+    _check_static_number("block_size", block_size)
+    if not _is_int(block_size) or block_size < 1:
+      raise ValueError(
+        "granularity='block' needs `block_size`, an integer >= 1, got "
+        f"{block_size!r}."
+      )
+  elif block_size is not None:
+    raise ValueError(
+      "`block_size` was given with granularity='tensor'; pass "
+      "granularity='block' to select per block."
+    )
+
+
 def _plan(
   params: Any,
   is_excluded: Callable[[str, Any], bool],
   density: float,
+  block_size: int | None,
 ) -> tuple[list[_LeafPlan], list[Any], Any]:
-  """Routes each leaf and sizes its buffer; returns plans, leaves, treedef."""
+  """Routes each leaf and lays it out; returns plans, leaves, treedef."""
   paths, leaves, treedef, sparse = _tree.route_leaves(params, is_excluded)
   plans = []
   for path, leaf, is_sparse in zip(paths, leaves, sparse, strict=True):
-    n = math.prod(leaf.shape)
-    k = _tree.buffer_size(density, n) if is_sparse else 0
-    if is_sparse and n + k - 1 > _MAX_INT32:
-      raise ValueError(
-        f"Parameter {path!r} has {n} entries: with a buffer of {k} it "
-        "needs flat indices beyond int32. Exclude it or split the tensor."
+    layout = None
+    if is_sparse:
+      layout = _layout.make_layout(
+        math.prod(leaf.shape),
+        lambda size: _tree.buffer_size(density, size),
+        block_size,
       )
+      # Padding slots hold ``row_size + slot``, which must fit int32.
+      if layout.row_size + layout.k - 1 > _MAX_INT32:
+        raise ValueError(
+          f"Parameter {path!r} has {layout.n} entries, beyond int32 flat "
+          "indices. Use granularity='block' (block-local indices), or "
+          "exclude it."
+        )
     plans.append(
       _LeafPlan(
         path=path,
@@ -180,7 +218,7 @@ def _plan(
         dtype=jnp.dtype(leaf.dtype),
         sparse=is_sparse,
         trainable=_tree.is_trainable_dtype(leaf.dtype),
-        k=k,
+        layout=layout,
       )
     )
   return plans, leaves, treedef
@@ -230,7 +268,7 @@ def _adam_direction(
   grad: jax.Array,
   mu: jax.Array,
   nu: jax.Array,
-  param: jax.Array,
+  param: jax.Array | None,
   bias_count: jax.Array,
   b1: Any,
   b2: Any,
@@ -264,8 +302,9 @@ def _adam_direction(
   eps_root = jnp.asarray(eps_root, compute)
   eps = jnp.asarray(eps, compute)
   direction = mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps)
-  weight_decay = jnp.asarray(weight_decay, compute)
-  direction = direction + weight_decay * param.astype(compute)
+  if param is not None:  # None: weight decay is known to be zero
+    weight_decay = jnp.asarray(weight_decay, compute)
+    direction = direction + weight_decay * param.astype(compute)
   return direction, mu, nu
 
 
@@ -286,6 +325,8 @@ def scale_by_nanoadam(
   mu_dtype: Any | None = None,
   seed: int = 0,
   selection: str = "top_k",
+  granularity: str = "tensor",
+  block_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by Adam on each tensor's smallest-magnitude entries.
 
@@ -338,6 +379,14 @@ def scale_by_nanoadam(
     seed: seed of the ``"random"`` ablation.
     selection: the bottom-k backend (see ``SELECTION_BACKENDS``); every exact
       backend selects the same entries.
+    granularity: ``"tensor"`` (the paper's method: the ``k`` smallest of the
+      whole tensor) or ``"block"``: the flattened tensor is cut into
+      contiguous blocks of ``block_size`` entries (the last one may be
+      shorter) and each block selects ``max(1, ceil(density * block_size))``
+      of its own. Block-local indices take int16 for blocks of at most 32768
+      entries, work for tensors beyond 2**31 entries, and keep selection on
+      the device that holds the block when params are sharded.
+    block_size: entries per block; required with ``granularity="block"``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
@@ -375,21 +424,29 @@ def scale_by_nanoadam(
     seed,
   )
   _selection.check_selection(selection)
+  _check_granularity(granularity, block_size)
   is_excluded = _tree.compile_exclude(exclude)
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
   density = float(density)
+  block_size = block_size if granularity == "block" else None
+  # The lean step skips gathering params when decay is known to be zero.
+  decays = _concrete_float(weight_decay) != 0.0
+  hyper = dict(
+    b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay
+  )
 
   def init_fn(params: optax.Params) -> ScaleByNanoAdamState:
-    plans, _, treedef = _plan(params, is_excluded, density)
+    plans, _, treedef = _plan(params, is_excluded, density, block_size)
     indices, mus, nus = [], [], []
     for plan in plans:
       moment_dtype = mu_dtype or plan.dtype
       if plan.sparse:
-        n = math.prod(plan.shape)
-        # Padding only: the first update always selects, and remaps nothing.
-        indices.append(n + jnp.arange(plan.k, dtype=jnp.int32))
-        mus.append(jnp.zeros((plan.k,), moment_dtype))
-        nus.append(jnp.zeros((plan.k,), plan.dtype))
+        layout = plan.layout
+        # No selection yet: the first update always selects and remaps
+        # nothing (see ``old_active`` in ``reselect_leaf``).
+        indices.append(jnp.zeros(layout.buffer_shape, layout.index_dtype))
+        mus.append(jnp.zeros(layout.buffer_shape, moment_dtype))
+        nus.append(jnp.zeros(layout.buffer_shape, plan.dtype))
       elif plan.trainable:
         indices.append(jnp.zeros((0,), jnp.int32))
         mus.append(jnp.zeros(plan.shape, moment_dtype))
@@ -406,15 +463,15 @@ def scale_by_nanoadam(
       nu=unflatten(nus),
     )
 
-  def active_count(step: jax.Array, n: int, k: int) -> jax.Array | None:
-    """``k_t`` for a tensor of ``n`` entries, or None without a schedule."""
+  def active_count(step: jax.Array, layout: _layout.Layout) -> jax.Array:
+    """``k_t`` per row in force at ``step`` (``k`` without a schedule)."""
     if density_schedule is None:
-      return None
+      return jnp.asarray(layout.k, jnp.int32)
     read_at = step - step % density_interval
     fraction = jnp.asarray(density_schedule(read_at), jnp.float32)
     fraction = jnp.minimum(fraction, density)
-    wanted = jnp.ceil(fraction * n * (1 - _COUNT_SLACK))
-    return jnp.clip(wanted, 1, k).astype(jnp.int32)
+    wanted = jnp.ceil(fraction * layout.row_size * (1 - _COUNT_SLACK))
+    return jnp.clip(wanted, 1, layout.k).astype(jnp.int32)
 
   def last_selection_step(step: jax.Array) -> jax.Array:
     last = step - step % mask_interval
@@ -422,49 +479,110 @@ def scale_by_nanoadam(
       last = jnp.maximum(last, step - step % density_interval)
     return last
 
-  def scores_of(param: jax.Array, step: jax.Array, leaf_no: int) -> jax.Array:
-    """Lower score = selected first."""
-    flat = param.reshape(-1)
-    if select == "smallest":
-      return jnp.abs(flat)
-    if select == "largest":
-      return -jnp.abs(flat)
-    key = jax.random.fold_in(jax.random.key(seed), step)
-    key = jax.random.fold_in(key, leaf_no)
-    return jax.random.uniform(key, flat.shape, jnp.float32)
+  def scores_of(
+    param: jax.Array, layout: _layout.Layout, step: jax.Array, leaf_no: int
+  ) -> jax.Array:
+    """Per-row scores; the lowest are selected, block padding never is."""
+    if select == "random":
+      key = jax.random.fold_in(jax.random.key(seed), step)
+      key = jax.random.fold_in(key, leaf_no)
+      scores = jax.random.uniform(key, param.shape, jnp.float32)
+    elif select == "largest":
+      scores = -jnp.abs(param)
+    else:
+      scores = jnp.abs(param)
+    return _layout.to_rows(scores, layout, pad_value=jnp.inf)
 
-  def reselect(
-    plans: list[_LeafPlan],
-    params: list[jax.Array],
+  def reselect_leaf(
+    plan: _LeafPlan,
+    param: jax.Array,
     step: jax.Array,
-    buffers: tuple[list, list, list],
-  ) -> tuple[list, list, list]:
-    """New selections for the sparse leaves, with their moments carried."""
-    old_indices, old_mu, old_nu = buffers
-    new_indices, new_mu, new_nu = [], [], []
-    for leaf_no, (plan, param) in enumerate(zip(plans, params, strict=True)):
-      n = math.prod(plan.shape)
+    leaf_no: int,
+    buffers: tuple[jax.Array, jax.Array, jax.Array],
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A new selection for one leaf, with the moments remapped or reset."""
+    layout = plan.layout
+    new_active = active_count(step, layout)
+    # The count in force before this step; nothing was selected before 0.
+    old_active = jnp.where(step == 0, 0, active_count(step - 1, layout))
+    slots = jnp.arange(layout.k, dtype=jnp.int32)
+    schedule_active = new_active if density_schedule is not None else None
+
+    def row(scores, old, mu, nu):
       chosen = _selection.lowest_k_indices(
-        scores_of(param, step, leaf_no),
-        plan.k,
-        active_count(step, n, plan.k),
-        selection,
+        scores, layout.k, schedule_active, selection
       )
-      mu, nu = old_mu[leaf_no], old_nu[leaf_no]
       if moments == "reset":
-        mu, nu = jnp.zeros_like(mu), jnp.zeros_like(nu)
-      else:
-        # Both buffers are ascending, so a binary search finds each newly
-        # chosen index among the old ones.
-        old = old_indices[leaf_no]
-        slot = jnp.minimum(jnp.searchsorted(old, chosen), plan.k - 1)
-        kept = (old[slot] == chosen) & (chosen < n)
-        mu = jnp.where(kept, mu[slot], jnp.zeros_like(mu))
-        nu = jnp.where(kept, nu[slot], jnp.zeros_like(nu))
-      new_indices.append(chosen)
-      new_mu.append(mu)
-      new_nu.append(nu)
-    return new_indices, new_mu, new_nu
+        return chosen, jnp.zeros_like(mu), jnp.zeros_like(nu)
+      # Both selections ascend within their active slots (inactive ones get
+      # out-of-row values here), so a binary search finds each chosen index
+      # among the old ones.
+      old = jnp.where(
+        slots < old_active, old.astype(jnp.int32), layout.row_size + slots
+      )
+      at = jnp.minimum(jnp.searchsorted(old, chosen), layout.k - 1)
+      kept = (old[at] == chosen) & (at < old_active) & (slots < new_active)
+      mu = jnp.where(kept, mu[at], jnp.zeros_like(mu))
+      nu = jnp.where(kept, nu[at], jnp.zeros_like(nu))
+      return chosen, mu, nu
+
+    chosen, mu, nu = _layout.per_row(row, layout)(
+      scores_of(param, layout, step, leaf_no), *buffers
+    )
+    return chosen.astype(layout.index_dtype), mu, nu
+
+  def sparse_step(
+    plan: _LeafPlan,
+    grad: jax.Array,
+    param: jax.Array,
+    buffers: tuple[jax.Array, jax.Array, jax.Array],
+    step: jax.Array,
+    bias_count: jax.Array,
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Adam on the selected entries of one leaf; zero elsewhere."""
+    layout = plan.layout
+    mu_dtype_here = buffers[1].dtype
+    slots = jnp.arange(layout.k, dtype=jnp.int32)
+    # Without a schedule every slot is active and in bounds: no masking.
+    active = None
+    if density_schedule is not None:
+      active = slots < active_count(step, layout)
+    if active is None:
+      gather = dict(mode="promise_in_bounds")
+      scatter_mode = "promise_in_bounds"
+    else:
+      gather = dict(mode="fill", fill_value=0)
+      scatter_mode = "drop"
+    sorted_unique = dict(indices_are_sorted=True, unique_indices=True)
+
+    def row(grad, param, indices, mu, nu, active):
+      where = indices.astype(jnp.int32)
+      if active is not None:
+        # Inactive slots point past the row, unique and ascending: gathers
+        # fill them with zeros, so their moments and direction stay zero,
+        # and scatters drop them.
+        where = jnp.where(active, where, layout.row_size + slots)
+      direction, mu, nu = _adam_direction(
+        grad.at[where].get(**gather, **sorted_unique),
+        mu,
+        nu,
+        param.at[where].get(**gather, **sorted_unique) if decays else None,
+        bias_count,
+        **hyper,
+      )
+      dense = jnp.zeros(grad.shape, plan.dtype)
+      dense = dense.at[where].set(
+        direction.astype(plan.dtype), mode=scatter_mode, **sorted_unique
+      )
+      return dense, mu.astype(mu_dtype_here), nu
+
+    dense, mu, nu = _layout.per_row(row, layout, broadcast=(5,))(
+      _layout.to_rows(grad, layout),
+      _layout.to_rows(param, layout),
+      *buffers,
+      active,
+    )
+    return _layout.from_rows(dense, layout, plan.shape), mu, nu
 
   def update_fn(
     updates: optax.Updates,
@@ -480,11 +598,18 @@ def scale_by_nanoadam(
         "`update`: NanoAdam selects entries by |param|. Call "
         "`tx.update(grads, state, params)`."
       )
-    plans, param_leaves, treedef = _plan(params, is_excluded, density)
+    plans, param_leaves, treedef = _plan(
+      params, is_excluded, density, block_size
+    )
     grads = _flatten_like(treedef, updates, "gradient")
-    indices = _flatten_like(treedef, state.indices, "state.indices")
-    mus = _flatten_like(treedef, state.mu, "state.mu")
-    nus = _flatten_like(treedef, state.nu, "state.nu")
+    buffers = list(
+      zip(
+        _flatten_like(treedef, state.indices, "state.indices"),
+        _flatten_like(treedef, state.mu, "state.mu"),
+        _flatten_like(treedef, state.nu, "state.nu"),
+        strict=True,
+      )
+    )
     for plan, grad in zip(plans, grads, strict=True):
       if tuple(grad.shape) != plan.shape:
         raise ValueError(
@@ -493,81 +618,58 @@ def scale_by_nanoadam(
         )
 
     step = state.count
-    sparse = [i for i, plan in enumerate(plans) if plan.sparse and plan.k]
-
-    def pick(values: list[Any]) -> list[Any]:
-      return [values[i] for i in sparse]
-
-    if sparse:
+    selecting = [i for i, plan in enumerate(plans) if plan.selects]
+    if selecting:
       should_select = step % mask_interval == 0
       if density_schedule is not None:
         should_select |= step % density_interval == 0
+
+      def reselect_all(old):
+        return [
+          reselect_leaf(plans[i], param_leaves[i], step, leaf_no, old[leaf_no])
+          for leaf_no, i in enumerate(selecting)
+        ]
+
       # One cond for all leaves: the steady step skips selection entirely and
       # the jitted update compiles once.
       selected = jax.lax.cond(
         should_select,
-        lambda buffers: reselect(
-          pick(plans), pick(param_leaves), step, buffers
-        ),
-        lambda buffers: buffers,
-        (pick(indices), pick(mus), pick(nus)),
+        reselect_all,
+        lambda old: old,
+        [buffers[i] for i in selecting],
       )
-      for i, chosen, mu, nu in zip(sparse, *selected, strict=True):
-        indices[i], mus[i], nus[i] = chosen, mu, nu
+      for i, new in zip(selecting, selected, strict=True):
+        buffers[i] = tuple(new)
 
     dense_count = _safe_increment(step)
     sparse_count = dense_count
     if moments == "reset":
       sparse_count = step - last_selection_step(step) + 1
-    hyper = dict(
-      b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay
-    )
-    # With a schedule, padding slots (index >= n) fill with zero gradients,
-    # so their moments and direction stay exactly zero and their writes drop.
-    mode = "fill" if density_schedule is not None else "promise_in_bounds"
     out = []
     for i, plan in enumerate(plans):
       param, grad = param_leaves[i], grads[i]
-      if not plan.trainable:
-        out.append(jnp.zeros(plan.shape, plan.dtype))
-      elif not plan.sparse:
-        direction, mus[i], nus[i] = _adam_direction(
-          grad, mus[i], nus[i], param, dense_count, **hyper
+      if plan.selects:
+        update, mu, nu = sparse_step(
+          plan, grad, param, buffers[i], step, sparse_count
         )
-        out.append(direction.astype(plan.dtype))
-      elif plan.k == 0:
-        out.append(jnp.zeros(plan.shape, plan.dtype))
-      else:
-        where = indices[i]
-        gather = dict(
-          mode=mode,
-          fill_value=0 if mode == "fill" else None,
-          indices_are_sorted=True,
-          unique_indices=True,
+        buffers[i] = (buffers[i][0], mu, nu)
+      elif plan.trainable and not plan.sparse:
+        indices, mu, nu = buffers[i]
+        direction, new_mu, nu = _adam_direction(
+          grad, mu, nu, param if decays else None, dense_count, **hyper
         )
-        direction, mus[i], nus[i] = _adam_direction(
-          grad.reshape(-1).at[where].get(**gather),
-          mus[i],
-          nus[i],
-          param.reshape(-1).at[where].get(**gather),
-          sparse_count,
-          **hyper,
-        )
-        dense = jnp.zeros((math.prod(plan.shape),), plan.dtype)
-        dense = dense.at[where].set(
-          direction.astype(plan.dtype),
-          mode="drop" if mode == "fill" else "promise_in_bounds",
-          indices_are_sorted=True,
-          unique_indices=True,
-        )
-        out.append(dense.reshape(plan.shape))
+        update = direction.astype(plan.dtype)
+        buffers[i] = (indices, new_mu.astype(mu.dtype), nu)
+      else:  # frozen (an excluded non-float leaf) or empty
+        update = jnp.zeros(plan.shape, plan.dtype)
+      out.append(update)
 
     unflatten = treedef.unflatten
     new_state = ScaleByNanoAdamState(
       count=dense_count,
-      indices=unflatten(indices),
-      mu=unflatten(mus),
-      nu=unflatten(nus),
+      indices=unflatten([indices for indices, _, _ in buffers]),
+      mu=unflatten([mu for _, mu, _ in buffers]),
+      nu=unflatten([nu for _, _, nu in buffers]),
     )
     return unflatten(out), new_state
 
@@ -592,6 +694,8 @@ def nanoadam(
   mu_dtype: Any | None = None,
   seed: int = 0,
   selection: str = "top_k",
+  granularity: str = "tensor",
+  block_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NanoAdam: AdamW on each tensor's smallest-magnitude entries only.
 
@@ -629,6 +733,9 @@ def nanoadam(
     mu_dtype: optional dtype of the first moment.
     seed: seed of the ``"random"`` ablation.
     selection: the bottom-k backend.
+    granularity: ``"tensor"`` (the method) or ``"block"`` (per contiguous
+      block of ``block_size`` entries).
+    block_size: entries per block, with ``granularity="block"``.
 
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
@@ -671,6 +778,8 @@ def nanoadam(
       mu_dtype=mu_dtype,
       seed=seed,
       selection=selection,
+      granularity=granularity,
+      block_size=block_size,
     ),
     optax.scale_by_learning_rate(learning_rate),
   )

@@ -45,8 +45,13 @@ def run(
   moments: str = "remap",
   select: str = "smallest",
   excluded: Sequence[str] = (),
+  block_size: int | None = None,
 ) -> tuple[dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
   """Runs NanoAdam for ``len(grads)`` steps in float64.
+
+  With ``block_size``, each contiguous block of the flattened tensor (the
+  last may be shorter) selects on its own, with a per-block buffer of
+  ``buffer_size(density, min(block_size, n))`` entries.
 
   Returns the final params and, per step, the updates that were applied.
   """
@@ -81,19 +86,26 @@ def run(
         continue
       flat_p, flat_g = p.reshape(-1), g.reshape(-1)
       n = flat_p.size
-      k = buffer_size(density, n)
+      row = n if block_size is None else max(1, min(block_size, n))
+      k = buffer_size(density, row)
       if reselect and k:
         k_t = k
         if density_schedule is not None:
           read_at = t - t % density_interval
           fraction = min(float(density_schedule(read_at)), density)
-          k_t = int(np.clip(count_of(fraction, n), 1, k))
+          k_t = int(np.clip(count_of(fraction, row), 1, k))
         if select == "smallest":
-          chosen = lowest(np.abs(flat_p), k_t)
+          scores = np.abs(flat_p)
         elif select == "largest":
-          chosen = lowest(-np.abs(flat_p), k_t)
+          scores = -np.abs(flat_p)
         else:
           raise NotImplementedError(select)
+        chosen = np.concatenate(
+          [
+            start + lowest(scores[start : start + row], k_t)
+            for start in range(0, n, row)
+          ]
+        )
         old = moments_of[name] if moments == "remap" else {}
         moments_of[name] = {int(i): old.get(int(i), [0.0, 0.0]) for i in chosen}
         selected[name] = chosen

@@ -279,3 +279,122 @@ def test_empty_and_scalar_leaves():
   assert updates["empty"].shape == (0, 3)
   # A scalar has one entry, so k = 1 and it is always selected.
   assert float(updates["scalar"]) == pytest.approx(-0.1, rel=BIAS_RTOL)
+
+
+BLOCK_CONFIGS = {
+  "remap": dict(density=0.2, mask_interval=4, block_size=8),
+  "odd_blocks": dict(density=0.3, mask_interval=3, block_size=7),
+  "reset_decay": dict(
+    density=0.25,
+    mask_interval=5,
+    block_size=16,
+    moments="reset",
+    weight_decay=0.3,
+  ),
+  "schedule": dict(
+    density=0.4,
+    mask_interval=7,
+    block_size=10,
+    density_schedule=lambda t: 0.4 - 0.02 * t,
+    density_interval=3,
+  ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BLOCK_CONFIGS))
+def test_block_granularity_matches_float64_reference(tree_params, name):
+  config = dict(BLOCK_CONFIGS[name])
+  grads = random_grads(tree_params, 20, seed=4)
+  jax_config = dict(config, granularity="block")
+  if config.get("density_schedule") is not None:
+    python_schedule = config["density_schedule"]
+    jax_config["density_schedule"] = lambda t: python_schedule(
+      t.astype(jnp.float32)
+    )
+  ours, our_updates, state = run_jax(
+    na.nanoadam(0.05, **jax_config), tree_params, grads
+  )
+  expected, expected_updates = numpy_reference.run(
+    as_numpy(tree_params),
+    [as_numpy(g) for g in grads],
+    lambda t: 0.05,
+    **config,
+  )
+  for step, (mine, reference) in enumerate(
+    zip(our_updates, expected_updates, strict=True)
+  ):
+    for leaf in tree_params:
+      np.testing.assert_array_equal(
+        np.asarray(mine[leaf]) != 0,
+        reference[leaf] != 0,
+        err_msg=f"selected entries differ at step {step} in {leaf}",
+      )
+      np.testing.assert_allclose(
+        mine[leaf], reference[leaf], rtol=2e-5, atol=1e-7
+      )
+  for leaf in tree_params:
+    np.testing.assert_allclose(ours[leaf], expected[leaf], rtol=1e-5, atol=1e-5)
+  # conv has 60 entries: ceil(60 / block) blocks of local int16 indices.
+  block = config["block_size"]
+  conv_indices = state[0].indices["conv"]
+  assert conv_indices.dtype == jnp.int16
+  assert conv_indices.shape[0] == -(-60 // block)
+
+
+def test_one_block_per_tensor_equals_tensor_granularity(tree_params):
+  grads = random_grads(tree_params, 12, seed=8)
+  tensor, _, _ = run_jax(
+    na.nanoadam(0.05, density=0.2, mask_interval=3), tree_params, grads
+  )
+  block, _, _ = run_jax(
+    na.nanoadam(
+      0.05,
+      density=0.2,
+      mask_interval=3,
+      granularity="block",
+      block_size=10_000,
+    ),
+    tree_params,
+    grads,
+  )
+  chex_equal = jax.tree.map(lambda a, b: bool(jnp.all(a == b)), tensor, block)
+  assert all(jax.tree.leaves(chex_equal))
+
+
+def test_block_indices_widen_to_int32_for_large_blocks():
+  params = {"w": jax.ShapeDtypeStruct((70_000,), jnp.float32)}
+  small = na.scale_by_nanoadam(granularity="block", block_size=32_768)
+  large = na.scale_by_nanoadam(granularity="block", block_size=32_769)
+  small_state = jax.eval_shape(small.init, params)
+  large_state = jax.eval_shape(large.init, params)
+  assert small_state.indices["w"].dtype == jnp.int16
+  assert small_state.indices["w"].shape == (3, 3277)
+  assert large_state.indices["w"].dtype == jnp.int32
+  assert large_state.indices["w"].shape == (3, 3277)
+
+
+def test_tensors_beyond_int32_need_blocks():
+  huge = {"w": jax.ShapeDtypeStruct((2**31 + 64,), jnp.bfloat16)}
+  with pytest.raises(ValueError, match="'w'.*granularity='block'"):
+    jax.eval_shape(na.nanoadam(1e-3, density=0.01).init, huge)
+  tx = na.nanoadam(1e-3, density=0.01, granularity="block", block_size=4096)
+  state = jax.eval_shape(tx.init, huge)
+  assert state[0].indices["w"].shape == (524_289, 41)
+  # The whole update traces and lowers (nothing is allocated).
+  lowered = jax.jit(tx.update).lower(huge, state, huge)
+  assert "scatter" in lowered.as_text()
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "block"])
+def test_empty_leaf_in_either_granularity(granularity):
+  params = {"empty": jnp.zeros((0, 4)), "w": jnp.arange(1.0, 9.0)}
+  block_size = 4 if granularity == "block" else None
+  tx = na.nanoadam(
+    0.1, density=0.25, granularity=granularity, block_size=block_size
+  )
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  assert updates["empty"].shape == (0, 4)
+  # Per tensor: the 2 smallest of 8; per block of 4: the smallest of each.
+  expected = [0, 1] if granularity == "tensor" else [0, 4]
+  np.testing.assert_array_equal(np.flatnonzero(updates["w"]), expected)
