@@ -264,6 +264,19 @@ def _wider_float(a: Any, b: Any) -> Any:
   return jnp.dtype(jnp.float32)  # bfloat16 with float16
 
 
+def _zeros_after(grad: jax.Array) -> jax.Array:
+  """Zeros shaped like ``grad`` that XLA can only allocate once ``grad`` exists.
+
+  A plain ``jnp.zeros`` has no inputs, so XLA's scheduler may allocate every
+  leaf's dense update buffer at the start of a training step, while the
+  backward pass still holds all gradients: measured on CPU, that doubles the
+  step's temporary memory. Deriving the zeros from ``grad`` (finite entries
+  times zero, and zero where ``grad`` is not finite) ties each buffer's
+  lifetime to its own gradient.
+  """
+  return jnp.where(jnp.isfinite(grad), grad * 0, jnp.zeros_like(grad))
+
+
 def _adam_direction(
   grad: jax.Array,
   mu: jax.Array,
@@ -570,7 +583,7 @@ def scale_by_nanoadam(
         bias_count,
         **hyper,
       )
-      dense = jnp.zeros(grad.shape, plan.dtype)
+      dense = _zeros_after(grad).astype(plan.dtype)
       dense = dense.at[where].set(
         direction.astype(plan.dtype), mode=scatter_mode, **sorted_unique
       )

@@ -1,0 +1,278 @@
+"""Speed and memory of a NanoAdam step against optax.adamw, in one process.
+
+For each tensor size and density it times the jitted ``update`` of
+``optax.adamw`` and of ``nanoadam`` (a steady step, a re-selection step, and
+their mix at ``mask_interval=100``), reports persistent state bytes, and reads
+the peak memory of a whole jitted training step (params, grads, state, with
+donation) from XLA's compiled memory analysis. Every number is a ratio to
+AdamW measured in the same run.
+
+  python benchmarks/bench_step.py                 # the full table (minutes)
+  python benchmarks/bench_step.py --quick         # a smoke run (seconds)
+
+Writes ``RESULTS.md`` and ``step_ratios.png`` to ``--out`` (default: the
+folder of this script).
+"""
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import nanoadam_jax as na
+
+MASK_INTERVAL = 100
+
+
+def median_ms(fn, *args, repeats: int) -> float:
+  """Median wall time of ``fn(*args)`` in milliseconds, after a warm-up."""
+  jax.block_until_ready(fn(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    times.append(time.perf_counter() - start)
+  return 1e3 * statistics.median(times)
+
+
+def repeats_for(n: int) -> int:
+  return max(5, min(30, int(4e8 / max(n, 1))))
+
+
+def time_updates(n: int, density: float, selection: str) -> dict:
+  """Times AdamW and NanoAdam updates on one float32 tensor of n entries."""
+  keys = jax.random.split(jax.random.key(0), 2)
+  params = {"w": jax.random.normal(keys[0], (n,), jnp.float32)}
+  grads = {"w": jax.random.normal(keys[1], (n,), jnp.float32)}
+  repeats = repeats_for(n)
+
+  adamw = optax.adamw(1e-3, weight_decay=0.0)
+  adamw_update = jax.jit(adamw.update)
+  adamw_ms = median_ms(
+    adamw_update, grads, adamw.init(params), params, repeats=repeats
+  )
+
+  tx = na.nanoadam(
+    1e-3, density=density, mask_interval=MASK_INTERVAL, selection=selection
+  )
+  update = jax.jit(tx.update)
+  first_state = tx.init(params)  # count 0: this update re-selects
+  _, steady_state = update(grads, first_state, params)  # count 1: steady
+  steady_ms = median_ms(update, grads, steady_state, params, repeats=repeats)
+  reselect_ms = median_ms(
+    update, grads, first_state, params, repeats=max(3, repeats // 3)
+  )
+  amortized_ms = ((MASK_INTERVAL - 1) * steady_ms + reselect_ms) / MASK_INTERVAL
+
+  shapes = jax.tree.map(
+    lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params
+  )
+  ours_bytes = na.state_bytes(jax.eval_shape(tx.init, shapes))
+  adamw_bytes = na.state_bytes(jax.eval_shape(adamw.init, shapes))
+  return dict(
+    n=n,
+    density=density,
+    adamw_ms=adamw_ms,
+    steady=steady_ms / adamw_ms,
+    reselect=reselect_ms / adamw_ms,
+    amortized=amortized_ms / adamw_ms,
+    steady_ms=steady_ms,
+    reselect_ms=reselect_ms,
+    state=ours_bytes / adamw_bytes,
+  )
+
+
+def mlp_shapes(width: int, depth: int) -> dict:
+  """A deep, wide MLP whose parameters dominate a tiny batch's memory."""
+  shapes = {}
+  for layer in range(depth):
+    shapes[f"layer{layer}"] = {
+      "kernel": jax.ShapeDtypeStruct((width, width), jnp.float32),
+      "bias": jax.ShapeDtypeStruct((width,), jnp.float32),
+    }
+  return shapes
+
+
+def mlp_loss(params, x):
+  for layer in params.values():
+    x = jnp.tanh(x @ layer["kernel"] + layer["bias"])
+  return jnp.mean(x**2)
+
+
+def train_step_peak_bytes(tx, shapes, batch) -> int:
+  """Peak bytes of a donated, jitted training step from XLA's analysis."""
+
+  def train_step(params, state, x):
+    grads = jax.grad(mlp_loss)(params, x)
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  state = jax.eval_shape(tx.init, shapes)
+  compiled = (
+    jax.jit(train_step, donate_argnums=(0, 1))
+    .lower(shapes, state, batch)
+    .compile()
+  )
+  stats = compiled.memory_analysis()
+  return (
+    stats.argument_size_in_bytes
+    + stats.output_size_in_bytes
+    - stats.alias_size_in_bytes
+    + stats.temp_size_in_bytes
+  )
+
+
+def memory_table(width: int, depth: int, densities, selection: str) -> list:
+  shapes = mlp_shapes(width, depth)
+  batch = jax.ShapeDtypeStruct((8, width), jnp.float32)
+  params_bytes = na.state_bytes(shapes)
+  adamw_peak = train_step_peak_bytes(optax.adamw(1e-3), shapes, batch)
+  rows = [("adamw", adamw_peak, 1.0)]
+  for density in densities:
+    tx = na.nanoadam(1e-3, density=density, selection=selection)
+    peak = train_step_peak_bytes(tx, shapes, batch)
+    rows.append((f"nanoadam d={density}", peak, peak / adamw_peak))
+  return params_bytes, rows
+
+
+def machine_description() -> str:
+  cpu = platform.processor() or platform.machine()
+  try:
+    with open("/proc/cpuinfo") as info:
+      for line in info:
+        if line.startswith("model name"):
+          cpu = line.split(":", 1)[1].strip()
+          break
+  except OSError:
+    pass
+  device = jax.devices()[0]
+  return (
+    f"{device.platform.upper()} backend ({device.device_kind}), "
+    f"{os.cpu_count()} CPU cores ({cpu}); jax {jax.__version__}, "
+    f"optax {optax.__version__}, nanoadam_jax {na.__version__}"
+  )
+
+
+def format_speed(rows) -> str:
+  lines = [
+    "| entries | density | adamw ms | steady | re-select | amortized "
+    f"(m={MASK_INTERVAL}) | state bytes |",
+    "|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  for row in rows:
+    lines.append(
+      f"| {row['n']:,} | {row['density']} | {row['adamw_ms']:.2f} "
+      f"| {row['steady']:.2f}x | {row['reselect']:.2f}x | "
+      f"{row['amortized']:.2f}x | {row['state']:.3f}x |"
+    )
+  return "\n".join(lines)
+
+
+def format_memory(params_bytes, rows) -> str:
+  lines = [
+    f"Model: params {params_bytes / 2**20:.0f} MiB (float32).",
+    "",
+    "| optimizer | peak step memory | ratio to adamw |",
+    "|---|---:|---:|",
+  ]
+  for name, peak, ratio in rows:
+    lines.append(f"| {name} | {peak / 2**20:.0f} MiB | {ratio:.2f}x |")
+  return "\n".join(lines)
+
+
+def plot(rows, path: Path) -> None:
+  import matplotlib
+
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+
+  fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=False)
+  for ax, key, title in zip(
+    axes,
+    ("steady", "reselect", "amortized"),
+    ("steady step", "re-selection step", f"amortized (m={MASK_INTERVAL})"),
+    strict=True,
+  ):
+    for density in sorted({row["density"] for row in rows}):
+      subset = [row for row in rows if row["density"] == density]
+      ax.plot(
+        [row["n"] for row in subset],
+        [row[key] for row in subset],
+        marker="o",
+        label=f"density {density}",
+      )
+    ax.axhline(1.0, color="gray", linestyle="--", linewidth=1, label="adamw")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("entries in the tensor")
+    ax.set_title(title)
+  axes[0].set_ylabel("time / optax.adamw time")
+  axes[0].legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--quick", action="store_true", help="a smoke run")
+  parser.add_argument("--selection", default="auto")
+  parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+  args = parser.parse_args()
+
+  if args.quick:
+    sizes, densities, width, depth = [2**16, 2**18], [0.1], 256, 2
+  else:
+    sizes = [2**20, 2**22, 2**24, 2**26]
+    densities, width, depth = [0.01, 0.1], 2048, 8
+  print(machine_description())
+  rows = []
+  for n in sizes:
+    for density in densities:
+      row = time_updates(n, density, args.selection)
+      rows.append(row)
+      print(
+        f"n={n:>9} density={density:<5} adamw {row['adamw_ms']:8.2f} ms | "
+        f"steady {row['steady']:.2f}x reselect {row['reselect']:.2f}x "
+        f"amortized {row['amortized']:.2f}x state {row['state']:.3f}x",
+        flush=True,
+      )
+  params_bytes, memory_rows = memory_table(
+    width, depth, densities, args.selection
+  )
+  speed = format_speed(rows)
+  memory = format_memory(params_bytes, memory_rows)
+  print()
+  print(speed)
+  print()
+  print(memory)
+
+  args.out.mkdir(parents=True, exist_ok=True)
+  plot(rows, args.out / "step_ratios.png")
+  (args.out / "RESULTS.md").write_text(
+    "# NanoAdam step against optax.adamw\n\n"
+    f"Machine: {machine_description()}.\n"
+    f"Selection backend: `{args.selection}`. Produced by "
+    f"`python benchmarks/bench_step.py{' --quick' if args.quick else ''}`."
+    "\n\n## Update time, as a ratio to optax.adamw in the same run\n\n"
+    "Median wall time of the jitted `update` on one float32 tensor. "
+    "Steady: a step that keeps the selection; re-select: a step that "
+    f"selects anew; amortized: {MASK_INTERVAL - 1} steady steps and one "
+    "re-selection. State bytes: persistent optimizer state.\n\n"
+    f"{speed}\n\n![ratios](step_ratios.png)\n\n"
+    "## Peak memory of a donated, jitted training step\n\n"
+    "From `jax.jit(step, donate_argnums=(0, 1)).lower(...).compile()"
+    ".memory_analysis()`: arguments + outputs - aliased + temporaries.\n\n"
+    f"{memory}\n"
+  )
+  print(f"\nwrote {args.out / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+  main()
