@@ -4,10 +4,10 @@ An Optax gradient transformation implementing "Pay Attention to Small
 Weights" (Zhou et al., NeurIPS 2025).
 """
 
+from nanoadam_jax._checks import MOMENTS
+from nanoadam_jax._checks import SELECT_RULES
 from nanoadam_jax._layout import GRANULARITIES
 from nanoadam_jax._memory import state_bytes
-from nanoadam_jax._nanoadam import MOMENTS
-from nanoadam_jax._nanoadam import SELECT_RULES
 from nanoadam_jax._nanoadam import ScaleByNanoAdamState
 from nanoadam_jax._nanoadam import nanoadam
 from nanoadam_jax._nanoadam import scale_by_nanoadam

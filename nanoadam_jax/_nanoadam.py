@@ -14,12 +14,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nanoadam_jax import _adam
+from nanoadam_jax import _checks
 from nanoadam_jax import _layout
 from nanoadam_jax import _selection
 from nanoadam_jax import _tree
-
-MOMENTS = ("remap", "reset")
-SELECT_RULES = ("smallest", "largest", "random")
 
 # Inactive slots point at ``row_size + slot``, which must fit int32.
 _MAX_INT32 = 2**31 - 1
@@ -73,120 +72,6 @@ class _LeafPlan(NamedTuple):
     return self.sparse and self.layout.n > 0
 
 
-def _concrete_float(value: Any) -> float | None:
-  """``float(value)``, or None when it is traced (e.g. inject_hyperparams)."""
-  if isinstance(value, jax.core.Tracer):
-    return None
-  return float(value)
-
-
-def _is_int(value: Any) -> bool:
-  return isinstance(value, int | jnp.integer) and not isinstance(value, bool)
-
-
-def _check_static_number(name: str, value: Any) -> None:
-  """Shape-fixing arguments must be Python numbers, not (traced) arrays."""
-  if isinstance(value, jax.Array):
-    raise TypeError(
-      f"`{name}` fixes buffer sizes or the selection schedule, so it must "
-      f"be a Python number, got a {type(value).__name__}. Under "
-      f"optax.inject_hyperparams, list {name!r} in `static_args`."
-    )
-
-
-def _check_interval(name: str, value: Any) -> None:
-  _check_static_number(name, value)
-  if not _is_int(value) or value < 1:
-    raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
-
-
-def _check_hyperparams(
-  density: float,
-  mask_interval: int,
-  b1: Any,
-  b2: Any,
-  eps: Any,
-  eps_root: Any,
-  weight_decay: Any,
-  density_schedule: Any,
-  density_interval: Any,
-  moments: str,
-  select: str,
-  mu_dtype: Any,
-  seed: Any,
-) -> None:
-  """Raises on a bad hyperparameter, naming it."""
-  _check_static_number("density", density)
-  if isinstance(density, bool) or not isinstance(
-    density, int | float | jnp.number
-  ):
-    raise TypeError(f"`density` must be a number, got {density!r}.")
-  if not 0.0 < float(density) <= 1.0:
-    raise ValueError(f"`density` must lie in (0, 1], got {density!r}.")
-  _check_interval("mask_interval", mask_interval)
-  if density_schedule is not None:
-    if not callable(density_schedule):
-      raise TypeError(
-        "`density_schedule` must be a callable step -> fraction, got "
-        f"{type(density_schedule).__name__}."
-      )
-    if density_interval is None:
-      raise ValueError(
-        "`density_schedule` needs `density_interval`: how many steps "
-        "apart the schedule is re-read."
-      )
-  if density_interval is not None:
-    if density_schedule is None:
-      raise ValueError(
-        "`density_interval` was given without `density_schedule`; it has "
-        "no effect alone."
-      )
-    _check_interval("density_interval", density_interval)
-  for name, value in (("b1", b1), ("b2", b2)):
-    concrete = _concrete_float(value)
-    if concrete is not None and not 0.0 <= concrete < 1.0:
-      raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}.")
-  for name, value in (
-    ("eps", eps),
-    ("eps_root", eps_root),
-    ("weight_decay", weight_decay),
-  ):
-    concrete = _concrete_float(value)
-    if concrete is not None and not concrete >= 0.0:
-      raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
-  if moments not in MOMENTS:
-    raise ValueError(f"`moments` must be one of {MOMENTS}, got {moments!r}.")
-  if select not in SELECT_RULES:
-    raise ValueError(f"`select` must be one of {SELECT_RULES}, got {select!r}.")
-  if mu_dtype is not None and not jnp.issubdtype(mu_dtype, jnp.floating):
-    raise ValueError(
-      f"`mu_dtype` must be a floating-point dtype, got {mu_dtype!r}."
-    )
-  _check_static_number("seed", seed)
-  if not _is_int(seed):
-    raise TypeError(f"`seed` must be an int, got {seed!r}.")
-
-
-def _check_granularity(granularity: str, block_size: Any) -> None:
-  if granularity not in _layout.GRANULARITIES:
-    raise ValueError(
-      f"`granularity` must be one of {_layout.GRANULARITIES}, got "
-      f"{granularity!r}."
-    )
-  if granularity == "block":
-    _check_static_number("block_size", block_size)
-    if not _is_int(block_size) or block_size < 1:
-      raise ValueError(
-        "granularity='block' needs `block_size`, an integer >= 1, got "
-        f"{block_size!r}."
-      )
-  elif block_size is not None:
-    raise ValueError(
-      "`block_size` was given with granularity='tensor'; pass "
-      "granularity='block' to select per block."
-    )
-
-
 def _plan(
   params: Any,
   is_excluded: Callable[[str, Any], bool],
@@ -232,93 +117,6 @@ def _flatten_like(treedef: Any, tree: Any, what: str) -> list[Any]:
     raise ValueError(
       f"The {what} tree does not match the params tree: {error}"
     ) from error
-
-
-def _safe_increment(count: jax.Array) -> jax.Array:
-  """``count + 1``, saturating at the int32 maximum instead of wrapping."""
-  return jnp.where(count < _MAX_INT32, count + 1, count)
-
-
-def _one_minus(decay: Any, dtype: Any) -> jax.Array:
-  """``1 - decay`` in ``dtype``, from the exact value when it is concrete.
-
-  ``1 - float32(0.999)`` is 1.3e-5 off ``float32(1 - 0.999)``; Optax subtracts
-  in Python, and so must we to match it.
-  """
-  concrete = _concrete_float(decay)
-  if concrete is None:
-    return 1 - jnp.asarray(decay, dtype)
-  return jnp.asarray(1 - concrete, dtype)
-
-
-def _wider_float(a: Any, b: Any) -> Any:
-  """The float dtype both ``a`` and ``b`` convert to without loss.
-
-  Written out because ``jnp.promote_types`` obeys strict dtype promotion.
-  """
-  a, b = jnp.dtype(a), jnp.dtype(b)
-  if a == b:
-    return a
-  if a.itemsize != b.itemsize:
-    return a if a.itemsize > b.itemsize else b
-  return jnp.dtype(jnp.float32)  # bfloat16 with float16
-
-
-def _zeros_after(grad: jax.Array) -> jax.Array:
-  """Zeros shaped like ``grad`` that XLA can only allocate once ``grad`` exists.
-
-  A plain ``jnp.zeros`` has no inputs, so XLA's scheduler may allocate every
-  leaf's dense update buffer at the start of a training step, while the
-  backward pass still holds all gradients: measured on CPU, that doubles the
-  step's temporary memory. Deriving the zeros from ``grad`` (finite entries
-  times zero, and zero where ``grad`` is not finite) ties each buffer's
-  lifetime to its own gradient.
-  """
-  return jnp.where(jnp.isfinite(grad), grad * 0, jnp.zeros_like(grad))
-
-
-def _adam_direction(
-  grad: jax.Array,
-  mu: jax.Array,
-  nu: jax.Array,
-  param: jax.Array | None,
-  bias_count: jax.Array,
-  b1: Any,
-  b2: Any,
-  eps: Any,
-  eps_root: Any,
-  weight_decay: Any,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-  """One AdamW step on matching arrays; returns (direction, mu, nu).
-
-  The operation order follows ``optax.scale_by_adam`` followed by
-  ``optax.add_decayed_weights``, so that a dense run matches ``optax.adamw``
-  to float32 rounding.
-  """
-  compute = _wider_float(mu.dtype, nu.dtype)
-  # Hyperparameters may be traced float32 (inject_hyperparams); cast them to
-  # each buffer's dtype so bfloat16 state stays bfloat16.
-  mu = (
-    _one_minus(b1, mu.dtype) * grad.astype(mu.dtype)
-    + jnp.asarray(b1, mu.dtype) * mu
-  )
-  grad_nu = grad.astype(nu.dtype)
-  nu = (
-    _one_minus(b2, nu.dtype) * (grad_nu * grad_nu)
-    + jnp.asarray(b2, nu.dtype) * nu
-  )
-  count = bias_count.astype(jnp.float32)
-  mu_correction = 1 - jnp.asarray(b1, jnp.float32) ** count
-  nu_correction = 1 - jnp.asarray(b2, jnp.float32) ** count
-  mu_hat = mu.astype(compute) / mu_correction.astype(compute)
-  nu_hat = nu.astype(compute) / nu_correction.astype(compute)
-  eps_root = jnp.asarray(eps_root, compute)
-  eps = jnp.asarray(eps, compute)
-  direction = mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps)
-  if param is not None:  # None: weight decay is known to be zero
-    weight_decay = jnp.asarray(weight_decay, compute)
-    direction = direction + weight_decay * param.astype(compute)
-  return direction, mu, nu
 
 
 def scale_by_nanoadam(
@@ -421,7 +219,7 @@ def scale_by_nanoadam(
     Zhou, Jacobs, Gadhikar, Burkholz, `Pay Attention to Small Weights
     <https://arxiv.org/abs/2506.21374>`_, NeurIPS 2025
   """
-  _check_hyperparams(
+  _checks.check_hyperparams(
     density,
     mask_interval,
     b1,
@@ -437,13 +235,13 @@ def scale_by_nanoadam(
     seed,
   )
   _selection.check_selection(selection)
-  _check_granularity(granularity, block_size)
+  _checks.check_granularity(granularity, block_size)
   is_excluded = _tree.compile_exclude(exclude)
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
   density = float(density)
   block_size = block_size if granularity == "block" else None
   # The lean step skips gathering params when decay is known to be zero.
-  decays = _concrete_float(weight_decay) != 0.0
+  decays = _checks.concrete_float(weight_decay) != 0.0
   hyper = dict(
     b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay
   )
@@ -575,7 +373,7 @@ def scale_by_nanoadam(
         # fill them with zeros, so their moments and direction stay zero,
         # and scatters drop them.
         where = jnp.where(active, where, layout.row_size + slots)
-      direction, mu, nu = _adam_direction(
+      direction, mu, nu = _adam.adam_direction(
         grad.at[where].get(**gather, **sorted_unique),
         mu,
         nu,
@@ -583,7 +381,7 @@ def scale_by_nanoadam(
         bias_count,
         **hyper,
       )
-      dense = _zeros_after(grad).astype(plan.dtype)
+      dense = _adam.zeros_after(grad).astype(plan.dtype)
       dense = dense.at[where].set(
         direction.astype(plan.dtype), mode=scatter_mode, **sorted_unique
       )
@@ -654,7 +452,7 @@ def scale_by_nanoadam(
       for i, new in zip(selecting, selected, strict=True):
         buffers[i] = tuple(new)
 
-    dense_count = _safe_increment(step)
+    dense_count = _adam.safe_increment(step)
     sparse_count = dense_count
     if moments == "reset":
       sparse_count = step - last_selection_step(step) + 1
@@ -668,7 +466,7 @@ def scale_by_nanoadam(
         buffers[i] = (buffers[i][0], mu, nu)
       elif plan.trainable and not plan.sparse:
         indices, mu, nu = buffers[i]
-        direction, new_mu, nu = _adam_direction(
+        direction, new_mu, nu = _adam.adam_direction(
           grad, mu, nu, param if decays else None, dense_count, **hyper
         )
         update = direction.astype(plan.dtype)

@@ -1,0 +1,97 @@
+"""The Adam arithmetic shared by sparse and dense leaves."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from nanoadam_jax._checks import concrete_float
+
+_MAX_INT32 = 2**31 - 1
+
+
+def safe_increment(count: jax.Array) -> jax.Array:
+  """``count + 1``, saturating at the int32 maximum instead of wrapping."""
+  return jnp.where(count < _MAX_INT32, count + 1, count)
+
+
+def _one_minus(decay: Any, dtype: Any) -> jax.Array:
+  """``1 - decay`` in ``dtype``, from the exact value when it is concrete.
+
+  ``1 - float32(0.999)`` is 1.3e-5 off ``float32(1 - 0.999)``; Optax subtracts
+  in Python, and so must we to match it.
+  """
+  concrete = concrete_float(decay)
+  if concrete is None:
+    return 1 - jnp.asarray(decay, dtype)
+  return jnp.asarray(1 - concrete, dtype)
+
+
+def _wider_float(a: Any, b: Any) -> Any:
+  """The float dtype both ``a`` and ``b`` convert to without loss.
+
+  Written out because ``jnp.promote_types`` obeys strict dtype promotion.
+  """
+  a, b = jnp.dtype(a), jnp.dtype(b)
+  if a == b:
+    return a
+  if a.itemsize != b.itemsize:
+    return a if a.itemsize > b.itemsize else b
+  return jnp.dtype(jnp.float32)  # bfloat16 with float16
+
+
+def zeros_after(grad: jax.Array) -> jax.Array:
+  """Zeros shaped like ``grad`` that XLA can only allocate once ``grad`` exists.
+
+  A plain ``jnp.zeros`` has no inputs, so XLA's scheduler may allocate every
+  leaf's dense update buffer at the start of a training step, while the
+  backward pass still holds all gradients: measured on CPU, that doubles the
+  step's temporary memory. Deriving the zeros from ``grad`` (finite entries
+  times zero, and zero where ``grad`` is not finite) ties each buffer's
+  lifetime to its own gradient.
+  """
+  return jnp.where(jnp.isfinite(grad), grad * 0, jnp.zeros_like(grad))
+
+
+def adam_direction(
+  grad: jax.Array,
+  mu: jax.Array,
+  nu: jax.Array,
+  param: jax.Array | None,
+  bias_count: jax.Array,
+  b1: Any,
+  b2: Any,
+  eps: Any,
+  eps_root: Any,
+  weight_decay: Any,
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """One AdamW step on matching arrays; returns (direction, mu, nu).
+
+  The operation order follows ``optax.scale_by_adam`` followed by
+  ``optax.add_decayed_weights``, so that a dense run matches ``optax.adamw``
+  to float32 rounding.
+  """
+  compute = _wider_float(mu.dtype, nu.dtype)
+  # Hyperparameters may be traced float32 (inject_hyperparams); cast them to
+  # each buffer's dtype so bfloat16 state stays bfloat16.
+  mu = (
+    _one_minus(b1, mu.dtype) * grad.astype(mu.dtype)
+    + jnp.asarray(b1, mu.dtype) * mu
+  )
+  grad_nu = grad.astype(nu.dtype)
+  nu = (
+    _one_minus(b2, nu.dtype) * (grad_nu * grad_nu)
+    + jnp.asarray(b2, nu.dtype) * nu
+  )
+  count = bias_count.astype(jnp.float32)
+  mu_correction = 1 - jnp.asarray(b1, jnp.float32) ** count
+  nu_correction = 1 - jnp.asarray(b2, jnp.float32) ** count
+  mu_hat = mu.astype(compute) / mu_correction.astype(compute)
+  nu_hat = nu.astype(compute) / nu_correction.astype(compute)
+  eps_root = jnp.asarray(eps_root, compute)
+  eps = jnp.asarray(eps, compute)
+  direction = mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps)
+  if param is not None:  # None: weight decay is known to be zero
+    weight_decay = jnp.asarray(weight_decay, compute)
+    direction = direction + weight_decay * param.astype(compute)
+  return direction, mu, nu

@@ -1,0 +1,125 @@
+"""Construction-time checks of NanoAdam's hyperparameters."""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from nanoadam_jax import _layout
+
+MOMENTS = ("remap", "reset")
+SELECT_RULES = ("smallest", "largest", "random")
+
+
+def concrete_float(value: Any) -> float | None:
+  """``float(value)``, or None when it is traced (e.g. inject_hyperparams)."""
+  if isinstance(value, jax.core.Tracer):
+    return None
+  return float(value)
+
+
+def is_int(value: Any) -> bool:
+  return isinstance(value, int | jnp.integer) and not isinstance(value, bool)
+
+
+def check_static_number(name: str, value: Any) -> None:
+  """Shape-fixing arguments must be Python numbers, not (traced) arrays."""
+  if isinstance(value, jax.Array):
+    raise TypeError(
+      f"`{name}` fixes buffer sizes or the selection schedule, so it must "
+      f"be a Python number, got a {type(value).__name__}. Under "
+      f"optax.inject_hyperparams, list {name!r} in `static_args`."
+    )
+
+
+def check_interval(name: str, value: Any) -> None:
+  check_static_number(name, value)
+  if not is_int(value) or value < 1:
+    raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+
+
+def check_hyperparams(
+  density: float,
+  mask_interval: int,
+  b1: Any,
+  b2: Any,
+  eps: Any,
+  eps_root: Any,
+  weight_decay: Any,
+  density_schedule: Any,
+  density_interval: Any,
+  moments: str,
+  select: str,
+  mu_dtype: Any,
+  seed: Any,
+) -> None:
+  """Raises on a bad hyperparameter, naming it."""
+  check_static_number("density", density)
+  if isinstance(density, bool) or not isinstance(
+    density, int | float | jnp.number
+  ):
+    raise TypeError(f"`density` must be a number, got {density!r}.")
+  if not 0.0 < float(density) <= 1.0:
+    raise ValueError(f"`density` must lie in (0, 1], got {density!r}.")
+  check_interval("mask_interval", mask_interval)
+  if density_schedule is not None:
+    if not callable(density_schedule):
+      raise TypeError(
+        "`density_schedule` must be a callable step -> fraction, got "
+        f"{type(density_schedule).__name__}."
+      )
+    if density_interval is None:
+      raise ValueError(
+        "`density_schedule` needs `density_interval`: how many steps "
+        "apart the schedule is re-read."
+      )
+  if density_interval is not None:
+    if density_schedule is None:
+      raise ValueError(
+        "`density_interval` was given without `density_schedule`; it has "
+        "no effect alone."
+      )
+    check_interval("density_interval", density_interval)
+  for name, value in (("b1", b1), ("b2", b2)):
+    concrete = concrete_float(value)
+    if concrete is not None and not 0.0 <= concrete < 1.0:
+      raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}.")
+  for name, value in (
+    ("eps", eps),
+    ("eps_root", eps_root),
+    ("weight_decay", weight_decay),
+  ):
+    concrete = concrete_float(value)
+    if concrete is not None and not concrete >= 0.0:
+      raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+  if moments not in MOMENTS:
+    raise ValueError(f"`moments` must be one of {MOMENTS}, got {moments!r}.")
+  if select not in SELECT_RULES:
+    raise ValueError(f"`select` must be one of {SELECT_RULES}, got {select!r}.")
+  if mu_dtype is not None and not jnp.issubdtype(mu_dtype, jnp.floating):
+    raise ValueError(
+      f"`mu_dtype` must be a floating-point dtype, got {mu_dtype!r}."
+    )
+  check_static_number("seed", seed)
+  if not is_int(seed):
+    raise TypeError(f"`seed` must be an int, got {seed!r}.")
+
+
+def check_granularity(granularity: str, block_size: Any) -> None:
+  if granularity not in _layout.GRANULARITIES:
+    raise ValueError(
+      f"`granularity` must be one of {_layout.GRANULARITIES}, got "
+      f"{granularity!r}."
+    )
+  if granularity == "block":
+    check_static_number("block_size", block_size)
+    if not is_int(block_size) or block_size < 1:
+      raise ValueError(
+        "granularity='block' needs `block_size`, an integer >= 1, got "
+        f"{block_size!r}."
+      )
+  elif block_size is not None:
+    raise ValueError(
+      "`block_size` was given with granularity='tensor'; pass "
+      "granularity='block' to select per block."
+    )

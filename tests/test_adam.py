@@ -1,0 +1,49 @@
+"""The shared Adam arithmetic."""
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from nanoadam_jax import _adam
+from tests.conftest import optax_reference
+
+
+def test_adam_direction_matches_optax_scale_by_adam_with_decay():
+  rng = np.random.default_rng(0)
+  param = jnp.asarray(rng.normal(size=50), jnp.float32)
+  grads = [jnp.asarray(rng.normal(size=50), jnp.float32) for _ in range(5)]
+  reference = optax.chain(
+    optax.scale_by_adam(b1=0.8, b2=0.99, eps=1e-6, eps_root=1e-9),
+    optax.add_decayed_weights(0.1),
+  )
+  ref_state = reference.init(param)
+  mu = nu = jnp.zeros(50, jnp.float32)
+  for step, grad in enumerate(grads):
+    with optax_reference():
+      expected, ref_state = reference.update(grad, ref_state, param)
+    direction, mu, nu = _adam.adam_direction(
+      grad,
+      mu,
+      nu,
+      param,
+      jnp.asarray(step + 1, jnp.int32),
+      b1=0.8,
+      b2=0.99,
+      eps=1e-6,
+      eps_root=1e-9,
+      weight_decay=0.1,
+    )
+    np.testing.assert_allclose(direction, expected, rtol=1e-6, atol=1e-7)
+
+
+def test_zeros_after_is_zero_even_for_non_finite_gradients():
+  grad = jnp.array([1.0, -2.0, jnp.inf, -jnp.inf, jnp.nan], jnp.float32)
+  zeros = _adam.zeros_after(grad)
+  assert zeros.dtype == grad.dtype
+  np.testing.assert_array_equal(np.asarray(zeros), np.zeros(5))
+
+
+def test_safe_increment_saturates():
+  top = jnp.asarray(2**31 - 1, jnp.int32)
+  assert int(_adam.safe_increment(top)) == 2**31 - 1
+  assert int(_adam.safe_increment(jnp.asarray(4, jnp.int32))) == 5
