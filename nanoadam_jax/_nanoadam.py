@@ -164,6 +164,12 @@ def scale_by_nanoadam(
   restarts :math:`c` at 1. Leaves matched by ``exclude`` are trained by dense
   AdamW with the same hyperparameters.
 
+  Re-selection is a ``jax.lax.cond`` on the step count, so a jitted step
+  compiles once and the steady steps skip it. (Under ``jax.vmap`` with a
+  batched step count, a ``cond`` becomes a ``select`` that runs both
+  branches every step; keep the count unbatched, e.g. vmap over seeds or
+  learning rates with a shared state count.)
+
   Args:
     density: fraction :math:`\rho \in (0, 1]` of each tensor that is updated;
       it sizes the buffers and must be a Python number.
@@ -186,6 +192,9 @@ def scale_by_nanoadam(
       step).
     exclude: None, a regex searched in each leaf's ``"/"``-joined path, or a
       callable ``(path, leaf) -> bool``; matching leaves get dense AdamW.
+      Paths join dict keys, sequence indices and attribute names, e.g.
+      ``"encoder/layers/0/kernel"``; a Flax NNX ``Variable``'s trailing
+      ``value`` is dropped, so NNX state gives ``"linear/kernel"``.
     mu_dtype: optional dtype of the first moment; defaults to the param's.
     seed: seed of the ``"random"`` ablation.
     selection: the bottom-k backend (see ``SELECTION_BACKENDS``); every exact
@@ -539,8 +548,9 @@ def nanoadam(
     density_interval: re-read the schedule every this many steps.
     moments: ``"remap"`` or ``"reset"``.
     select: ``"smallest"``, ``"largest"`` or ``"random"``.
-    exclude: regex on the ``"/"``-joined leaf path, or ``(path, leaf) ->
-      bool``; matching leaves are trained by dense AdamW.
+    exclude: regex on the ``"/"``-joined leaf path (``"linear/kernel"`` for
+      Flax NNX state), or ``(path, leaf) -> bool``; matching leaves are
+      trained by dense AdamW.
     mu_dtype: optional dtype of the first moment.
     seed: seed of the ``"random"`` ablation.
     selection: the bottom-k backend.
