@@ -13,6 +13,8 @@ from nanoadam_jax._nanoadam import nanoadam
 from nanoadam_jax._nanoadam import scale_by_nanoadam
 from nanoadam_jax._selection import SELECTION_BACKENDS
 from nanoadam_jax._selection import lowest_k_indices
+from nanoadam_jax._sharding import annotate_optimizer_sharding
+from nanoadam_jax._sharding import state_shardings
 
 __version__ = "0.1.0"
 
@@ -22,8 +24,10 @@ __all__ = (
   "SELECTION_BACKENDS",
   "SELECT_RULES",
   "ScaleByNanoAdamState",
+  "annotate_optimizer_sharding",
   "lowest_k_indices",
   "nanoadam",
   "scale_by_nanoadam",
   "state_bytes",
+  "state_shardings",
 )

@@ -45,9 +45,11 @@ class ScaleByNanoAdamState(NamedTuple):
   per contiguous block of the flattened tensor, block-local indices (int16
   for blocks of at most 32768 entries, else int32) and their moments.
 
-  For a leaf trained densely (matched by ``exclude``): ``indices`` has
-  shape=(0,), and ``mu``, ``nu`` have the param's shape (shape=(0,) for a
-  non-float excluded leaf, which is frozen).
+  For a leaf trained densely (matched by ``exclude``): ``indices`` is an
+  empty ``optax.MaskedNode`` and ``mu``, ``nu`` have the param's shape. A
+  frozen leaf (non-float and excluded) and an empty tensor hold a
+  ``MaskedNode`` in all three fields: zero-size arrays would break
+  checkpointing (orbax refuses them).
   """
 
   count: jax.Array  # shape=(), dtype=jnp.int32; updates applied so far
@@ -117,6 +119,30 @@ def _flatten_like(treedef: Any, tree: Any, what: str) -> list[Any]:
     raise ValueError(
       f"The {what} tree does not match the params tree: {error}"
     ) from error
+
+
+def _explicit_spec(x: jax.Array) -> jax.sharding.PartitionSpec | None:
+  """``x``'s PartitionSpec when its mesh has Explicit axes, else None."""
+  sharding = jax.typeof(x).sharding
+  return sharding.spec if sharding.mesh.explicit_axes else None
+
+
+def _reshard(x: jax.Array, spec: jax.sharding.PartitionSpec | None):
+  """Gives ``x`` the sharding ``spec`` under Explicit mesh axes; else a no-op.
+
+  With Explicit axes a sharding is part of the type: top_k refuses a sharded
+  axis, a flattening reshape of a tensor split along two axes is ambiguous,
+  and both branches of the selection cond must agree on the buffers'
+  shardings. Under Auto axes (or no mesh) XLA decides, and this does nothing.
+  """
+  if spec is None or _explicit_spec(x) is None:
+    return x
+  mesh = jax.typeof(x).sharding.mesh
+  return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, spec))
+
+
+def _unsharded(x: jax.Array) -> jax.Array:
+  return _reshard(x, jax.sharding.PartitionSpec())
 
 
 def scale_by_nanoadam(
@@ -260,7 +286,11 @@ def scale_by_nanoadam(
     indices, mus, nus = [], [], []
     for plan in plans:
       moment_dtype = mu_dtype or plan.dtype
-      if plan.sparse:
+      if plan.sparse and not plan.selects:  # an empty tensor
+        indices.append(optax.MaskedNode())
+        mus.append(optax.MaskedNode())
+        nus.append(optax.MaskedNode())
+      elif plan.sparse:
         layout = plan.layout
         # No selection yet: the first update always selects and remaps
         # nothing (see ``old_active`` in ``reselect_leaf``).
@@ -268,13 +298,15 @@ def scale_by_nanoadam(
         mus.append(jnp.zeros(layout.buffer_shape, moment_dtype))
         nus.append(jnp.zeros(layout.buffer_shape, plan.dtype))
       elif plan.trainable:
-        indices.append(jnp.zeros((0,), jnp.int32))
+        # An empty node, not a (0,) array: orbax cannot save zero-size
+        # arrays, and optax.masked marks absent state the same way.
+        indices.append(optax.MaskedNode())
         mus.append(jnp.zeros(plan.shape, moment_dtype))
         nus.append(jnp.zeros(plan.shape, plan.dtype))
       else:
-        indices.append(jnp.zeros((0,), jnp.int32))
-        mus.append(jnp.zeros((0,), plan.dtype))
-        nus.append(jnp.zeros((0,), plan.dtype))
+        indices.append(optax.MaskedNode())
+        mus.append(optax.MaskedNode())
+        nus.append(optax.MaskedNode())
     unflatten = treedef.unflatten
     return ScaleByNanoAdamState(
       count=jnp.zeros([], jnp.int32),
@@ -311,7 +343,7 @@ def scale_by_nanoadam(
       scores = -jnp.abs(param)
     else:
       scores = jnp.abs(param)
-    return _layout.to_rows(scores, layout, pad_value=jnp.inf)
+    return _layout.to_rows(_unsharded(scores), layout, pad_value=jnp.inf)
 
   def reselect_leaf(
     plan: _LeafPlan,
@@ -347,9 +379,14 @@ def scale_by_nanoadam(
       return chosen, mu, nu
 
     chosen, mu, nu = _layout.per_row(row, layout)(
-      scores_of(param, layout, step, leaf_no), *buffers
+      scores_of(param, layout, step, leaf_no), *map(_unsharded, buffers)
     )
-    return chosen.astype(layout.index_dtype), mu, nu
+    chosen = chosen.astype(layout.index_dtype)
+    # Both branches of the selection cond must give the same shardings.
+    return tuple(
+      _reshard(new, _explicit_spec(old))
+      for new, old in zip((chosen, mu, nu), buffers, strict=True)
+    )
 
   def sparse_step(
     plan: _LeafPlan,
@@ -397,12 +434,17 @@ def scale_by_nanoadam(
       return dense, mu.astype(mu_dtype_here), nu
 
     dense, mu, nu = _layout.per_row(row, layout, broadcast=(5,))(
-      _layout.to_rows(grad, layout),
-      _layout.to_rows(param, layout),
-      *buffers,
+      _layout.to_rows(_unsharded(grad), layout),
+      _layout.to_rows(_unsharded(param), layout),
+      *map(_unsharded, buffers),
       active,
     )
-    return _layout.from_rows(dense, layout, plan.shape), mu, nu
+    dense = _layout.from_rows(dense, layout, plan.shape)
+    return (
+      _reshard(dense, _explicit_spec(param)),
+      _reshard(mu, _explicit_spec(buffers[1])),
+      _reshard(nu, _explicit_spec(buffers[2])),
+    )
 
   def update_fn(
     updates: optax.Updates,
