@@ -161,7 +161,7 @@ def scale_by_nanoadam(
   exclude: _tree.Exclude = None,
   mu_dtype: Any | None = None,
   seed: int = 0,
-  selection: str = "top_k",
+  selection: str = "auto",
   granularity: str = "tensor",
   block_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -223,8 +223,10 @@ def scale_by_nanoadam(
       ``value`` is dropped, so NNX state gives ``"linear/kernel"``.
     mu_dtype: optional dtype of the first moment; defaults to the param's.
     seed: seed of the ``"random"`` ablation.
-    selection: the bottom-k backend (see ``SELECTION_BACKENDS``); every exact
-      backend selects the same entries.
+    selection: the bottom-k backend (see ``SELECTION_BACKENDS``): ``"auto"``
+      (the fastest exact one for the platform, ``"radix"``), ``"top_k"``
+      (the reference), ``"radix"``, or ``"approx"`` (``approx_min_k``, not
+      exact). Every exact backend selects the same entries.
     granularity: ``"tensor"`` (the paper's method: the ``k`` smallest of the
       whole tensor) or ``"block"``: the flattened tensor is cut into
       contiguous blocks of ``block_size`` entries (the last one may be
@@ -555,7 +557,7 @@ def nanoadam(
   exclude: _tree.Exclude = None,
   mu_dtype: Any | None = None,
   seed: int = 0,
-  selection: str = "top_k",
+  selection: str = "auto",
   granularity: str = "tensor",
   block_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -595,7 +597,7 @@ def nanoadam(
       trained by dense AdamW.
     mu_dtype: optional dtype of the first moment.
     seed: seed of the ``"random"`` ablation.
-    selection: the bottom-k backend.
+    selection: the bottom-k backend; ``"auto"`` picks the fastest exact one.
     granularity: ``"tensor"`` (the method) or ``"block"`` (per contiguous
       block of ``block_size`` entries).
     block_size: entries per block, with ``granularity="block"``.

@@ -398,3 +398,39 @@ def test_empty_leaf_in_either_granularity(granularity):
   # Per tensor: the 2 smallest of 8; per block of 4: the smallest of each.
   expected = [0, 1] if granularity == "tensor" else [0, 4]
   np.testing.assert_array_equal(np.flatnonzero(updates["w"]), expected)
+
+
+@pytest.mark.parametrize("granularity", ["tensor", "block"])
+def test_results_do_not_depend_on_the_selection_backend(granularity):
+  rng = np.random.default_rng(12)
+  params = {
+    # Ties (rounded values), exact zeros and both signs.
+    "w": jnp.asarray(np.round(rng.normal(size=(37, 11)), 1), jnp.float32),
+    "b": jnp.zeros(9, jnp.float32),
+    "h": jnp.asarray(rng.normal(size=300), jnp.bfloat16),
+  }
+  grads = random_grads(params, 9, seed=13)
+  grads = [
+    jax.tree.map(lambda g, p: g.astype(p.dtype), g, params) for g in grads
+  ]
+  schedule = lambda t: 0.2 - 0.01 * t.astype(jnp.float32)  # noqa: E731
+  results = {}
+  for backend in ("top_k", "radix", "auto"):
+    tx = na.nanoadam(
+      0.05,
+      density=0.2,
+      mask_interval=2,
+      density_schedule=schedule,
+      density_interval=3,
+      selection=backend,
+      granularity=granularity,
+      block_size=64 if granularity == "block" else None,
+    )
+    results[backend] = run_jax(tx, params, grads)[0]
+  for backend in ("radix", "auto"):
+    for name in params:
+      np.testing.assert_array_equal(
+        np.asarray(results[backend][name], np.float32),
+        np.asarray(results["top_k"][name], np.float32),
+        err_msg=f"{backend} differs from top_k on {name}",
+      )
