@@ -30,19 +30,25 @@ import nanoadam_jax as na
 MASK_INTERVAL = 100
 
 
-def median_ms(fn, *args, repeats: int) -> float:
-  """Median wall time of ``fn(*args)`` in milliseconds, after a warm-up."""
-  jax.block_until_ready(fn(*args))
-  times = []
+def interleaved_median_ms(calls: dict, repeats: int) -> dict:
+  """Median wall time in ms of each zero-argument call, timed in turns.
+
+  The calls alternate within every round, so a slow spell of a shared
+  machine hits all of them alike instead of skewing one ratio.
+  """
+  for call in calls.values():
+    jax.block_until_ready(call())  # compile and warm up
+  times = {name: [] for name in calls}
   for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+    for name, call in calls.items():
+      start = time.perf_counter()
+      jax.block_until_ready(call())
+      times[name].append(time.perf_counter() - start)
+  return {name: 1e3 * statistics.median(t) for name, t in times.items()}
 
 
 def repeats_for(n: int) -> int:
-  return max(5, min(30, int(4e8 / max(n, 1))))
+  return max(7, min(41, int(4e8 / max(n, 1))))
 
 
 def time_updates(n: int, density: float, selection: str) -> dict:
@@ -54,20 +60,28 @@ def time_updates(n: int, density: float, selection: str) -> dict:
 
   adamw = optax.adamw(1e-3, weight_decay=0.0)
   adamw_update = jax.jit(adamw.update)
-  adamw_ms = median_ms(
-    adamw_update, grads, adamw.init(params), params, repeats=repeats
-  )
-
+  adamw_state = adamw.init(params)
   tx = na.nanoadam(
     1e-3, density=density, mask_interval=MASK_INTERVAL, selection=selection
   )
   update = jax.jit(tx.update)
   first_state = tx.init(params)  # count 0: this update re-selects
   _, steady_state = update(grads, first_state, params)  # count 1: steady
-  steady_ms = median_ms(update, grads, steady_state, params, repeats=repeats)
-  reselect_ms = median_ms(
-    update, grads, first_state, params, repeats=max(3, repeats // 3)
+  run_adamw = lambda: adamw_update(grads, adamw_state, params)  # noqa: E731
+  # Steady steps run back to back in training, so they are timed against
+  # AdamW without a re-selection in between (whose large temporaries would
+  # make the allocator hand back memory that the next call faults in again).
+  steady = interleaved_median_ms(
+    {"adamw": run_adamw, "nano": lambda: update(grads, steady_state, params)},
+    repeats,
   )
+  reselect = interleaved_median_ms(
+    {"adamw": run_adamw, "nano": lambda: update(grads, first_state, params)},
+    max(5, repeats // 3),
+  )
+  adamw_ms, steady_ms = steady["adamw"], steady["nano"]
+  # The re-selection's ratio uses the AdamW times of its own rounds.
+  reselect_ms = reselect["nano"] * adamw_ms / reselect["adamw"]
   amortized_ms = ((MASK_INTERVAL - 1) * steady_ms + reselect_ms) / MASK_INTERVAL
 
   shapes = jax.tree.map(

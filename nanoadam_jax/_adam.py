@@ -40,17 +40,22 @@ def _wider_float(a: Any, b: Any) -> Any:
   return jnp.dtype(jnp.float32)  # bfloat16 with float16
 
 
-def zeros_after(grad: jax.Array) -> jax.Array:
-  """Zeros shaped like ``grad`` that XLA can only allocate once ``grad`` exists.
+def zeros_after(
+  anchor: jax.Array, shape: tuple[int, ...], dtype: Any
+) -> jax.Array:
+  """Zeros of ``shape`` that XLA can only allocate once ``anchor`` exists.
 
   A plain ``jnp.zeros`` has no inputs, so XLA's scheduler may allocate every
   leaf's dense update buffer at the start of a training step, while the
   backward pass still holds all gradients: measured on CPU, that doubles the
-  step's temporary memory. Deriving the zeros from ``grad`` (finite entries
-  times zero, and zero where ``grad`` is not finite) ties each buffer's
-  lifetime to its own gradient.
+  step's temporary memory. Broadcasting a zero computed from one entry of
+  ``anchor`` (the gathered gradient) ties each buffer's lifetime to its own
+  gradient, at the cost of one scalar operation. The zero is ``+0.0`` even
+  where that entry is negative, infinite or NaN.
   """
-  return jnp.where(jnp.isfinite(grad), grad * 0, jnp.zeros_like(grad))
+  first = anchor.reshape(-1)[0]
+  zero = jnp.where(jnp.isfinite(first), jnp.abs(first) * 0, 0).astype(dtype)
+  return jnp.broadcast_to(zero, shape)
 
 
 def adam_direction(

@@ -121,6 +121,21 @@ def _flatten_like(treedef: Any, tree: Any, what: str) -> list[Any]:
     ) from error
 
 
+# :func:`nanoadam` hands its learning-rate step to :func:`scale_by_nanoadam`'s
+# update under this extra-argument name, so that the step scales the k
+# selected values before they are written into the dense update: one pass over
+# each tensor instead of a second, dense multiply.
+_STEP_SIZE_ARG = "_nanoadam_step_size"
+
+
+def _scaled(direction: jax.Array, step_size: Any, dtype: Any) -> jax.Array:
+  """``step_size * direction`` in ``dtype``, as ``optax.scale`` computes it."""
+  direction = direction.astype(dtype)
+  if step_size is None:
+    return direction
+  return jnp.asarray(step_size, dtype) * direction
+
+
 def _explicit_spec(x: jax.Array) -> jax.sharding.PartitionSpec | None:
   """``x``'s PartitionSpec when its mesh has Explicit axes, else None."""
   sharding = jax.typeof(x).sharding
@@ -397,6 +412,7 @@ def scale_by_nanoadam(
     buffers: tuple[jax.Array, jax.Array, jax.Array],
     step: jax.Array,
     bias_count: jax.Array,
+    step_size: jax.Array | None,
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Adam on the selected entries of one leaf; zero elsewhere."""
     layout = plan.layout
@@ -421,17 +437,20 @@ def scale_by_nanoadam(
         # fill them with zeros, so their moments and direction stay zero,
         # and scatters drop them.
         where = jnp.where(active, where, layout.row_size + slots)
+      selected_grad = grad.at[where].get(**gather, **sorted_unique)
       direction, mu, nu = _adam.adam_direction(
-        grad.at[where].get(**gather, **sorted_unique),
+        selected_grad,
         mu,
         nu,
         param.at[where].get(**gather, **sorted_unique) if decays else None,
         bias_count,
         **hyper,
       )
-      dense = _adam.zeros_after(grad).astype(plan.dtype)
+      dense = _adam.zeros_after(selected_grad, grad.shape, plan.dtype)
       dense = dense.at[where].set(
-        direction.astype(plan.dtype), mode=scatter_mode, **sorted_unique
+        _scaled(direction, step_size, plan.dtype),
+        mode=scatter_mode,
+        **sorted_unique,
       )
       return dense, mu.astype(mu_dtype_here), nu
 
@@ -454,7 +473,7 @@ def scale_by_nanoadam(
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, ScaleByNanoAdamState]:
-    del extra_args
+    step_size = extra_args.get(_STEP_SIZE_ARG)
     if params is None:
       raise ValueError(
         "You are using a transformation that requires the current value of "
@@ -488,22 +507,17 @@ def scale_by_nanoadam(
       if density_schedule is not None:
         should_select |= step % density_interval == 0
 
-      def reselect_all(old):
-        return [
-          reselect_leaf(plans[i], param_leaves[i], step, leaf_no, old[leaf_no])
-          for leaf_no, i in enumerate(selecting)
-        ]
+      # One cond per leaf: the steady step skips selection entirely and the
+      # jitted update compiles once. (A single cond over all leaves made XLA
+      # copy every param into it: +265 MiB on a 128 MiB model, measured.)
+      for leaf_no, i in enumerate(selecting):
 
-      # One cond for all leaves: the steady step skips selection entirely and
-      # the jitted update compiles once.
-      selected = jax.lax.cond(
-        should_select,
-        reselect_all,
-        lambda old: old,
-        [buffers[i] for i in selecting],
-      )
-      for i, new in zip(selecting, selected, strict=True):
-        buffers[i] = tuple(new)
+        def reselect(old, plan=plans[i], param=param_leaves[i], no=leaf_no):
+          return reselect_leaf(plan, param, step, no, old)
+
+        buffers[i] = tuple(
+          jax.lax.cond(should_select, reselect, lambda old: old, buffers[i])
+        )
 
     dense_count = _adam.safe_increment(step)
     sparse_count = dense_count
@@ -514,7 +528,7 @@ def scale_by_nanoadam(
       param, grad = param_leaves[i], grads[i]
       if plan.selects:
         update, mu, nu = sparse_step(
-          plan, grad, param, buffers[i], step, sparse_count
+          plan, grad, param, buffers[i], step, sparse_count, step_size
         )
         buffers[i] = (buffers[i][0], mu, nu)
       elif plan.trainable and not plan.sparse:
@@ -522,7 +536,7 @@ def scale_by_nanoadam(
         direction, new_mu, nu = _adam.adam_direction(
           grad, mu, nu, param if decays else None, dense_count, **hyper
         )
-        update = direction.astype(plan.dtype)
+        update = _scaled(direction, step_size, plan.dtype)
         buffers[i] = (indices, new_mu.astype(mu.dtype), nu)
       else:  # frozen (an excluded non-float leaf) or empty
         update = jnp.zeros(plan.shape, plan.dtype)
@@ -578,6 +592,11 @@ def nanoadam(
   re-selection and the options. With ``density=1.0`` it equals
   ``optax.adamw`` with the same hyperparameters.
 
+  It computes ``optax.chain(scale_by_nanoadam(...),
+  optax.scale_by_learning_rate(learning_rate))`` and has that chain's state,
+  but multiplies only the selected entries by the step size, before they are
+  written into the dense update, which saves a pass over every tensor.
+
   Args:
     learning_rate: a float or an Optax schedule :math:`\eta_t`.
     density: fraction of each tensor that is updated (a Python number).
@@ -626,25 +645,44 @@ def nanoadam(
     Zhou, Jacobs, Gadhikar, Burkholz, `Pay Attention to Small Weights
     <https://arxiv.org/abs/2506.21374>`_, NeurIPS 2025
   """
-  return optax.chain(
-    scale_by_nanoadam(
-      density,
-      mask_interval,
-      b1=b1,
-      b2=b2,
-      eps=eps,
-      eps_root=eps_root,
-      weight_decay=weight_decay,
-      density_schedule=density_schedule,
-      density_interval=density_interval,
-      moments=moments,
-      select=select,
-      exclude=exclude,
-      mu_dtype=mu_dtype,
-      seed=seed,
-      selection=selection,
-      granularity=granularity,
-      block_size=block_size,
-    ),
-    optax.scale_by_learning_rate(learning_rate),
+  core = scale_by_nanoadam(
+    density,
+    mask_interval,
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    weight_decay=weight_decay,
+    density_schedule=density_schedule,
+    density_interval=density_interval,
+    moments=moments,
+    select=select,
+    exclude=exclude,
+    mu_dtype=mu_dtype,
+    seed=seed,
+    selection=selection,
+    granularity=granularity,
+    block_size=block_size,
   )
+  learning_rate_tx = optax.scale_by_learning_rate(learning_rate)
+
+  def init_fn(params: optax.Params) -> tuple[Any, Any]:
+    return core.init(params), learning_rate_tx.init(params)
+
+  def update_fn(
+    updates: optax.Updates,
+    state: tuple[Any, Any],
+    params: optax.Params | None = None,
+    **extra_args: Any,
+  ) -> tuple[optax.Updates, tuple[Any, Any]]:
+    core_state, learning_rate_state = state
+    # Optax's own step (-learning_rate(count)) and count, read off a scalar.
+    step_size, learning_rate_state = learning_rate_tx.update(
+      jnp.ones((), jnp.float32), learning_rate_state
+    )
+    updates, core_state = core.update(
+      updates, core_state, params, **extra_args, **{_STEP_SIZE_ARG: step_size}
+    )
+    return updates, (core_state, learning_rate_state)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)

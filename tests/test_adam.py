@@ -3,6 +3,7 @@
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from nanoadam_jax import _adam
 from tests.conftest import optax_reference
@@ -36,11 +37,13 @@ def test_adam_direction_matches_optax_scale_by_adam_with_decay():
     np.testing.assert_allclose(direction, expected, rtol=1e-6, atol=1e-7)
 
 
-def test_zeros_after_is_zero_even_for_non_finite_gradients():
-  grad = jnp.array([1.0, -2.0, jnp.inf, -jnp.inf, jnp.nan], jnp.float32)
-  zeros = _adam.zeros_after(grad)
-  assert zeros.dtype == grad.dtype
-  np.testing.assert_array_equal(np.asarray(zeros), np.zeros(5))
+@pytest.mark.parametrize("first", [1.0, -2.0, jnp.inf, -jnp.inf, jnp.nan])
+def test_zeros_after_is_positive_zero_whatever_the_anchor(first):
+  anchor = jnp.array([first, 3.0], jnp.float32)
+  zeros = _adam.zeros_after(anchor, (4, 5), jnp.bfloat16)
+  assert zeros.shape == (4, 5) and zeros.dtype == jnp.bfloat16
+  bits = np.asarray(zeros.astype(jnp.float32)).view(np.uint32)
+  np.testing.assert_array_equal(bits, 0)  # +0.0, not -0.0 or NaN
 
 
 def test_safe_increment_saturates():
