@@ -30,25 +30,49 @@ import nanoadam_jax as na
 MASK_INTERVAL = 100
 
 
-def interleaved_median_ms(calls: dict, repeats: int) -> dict:
-  """Median wall time in ms of each zero-argument call, timed in turns.
+def time_against_adamw(adamw_call, nano_call, rounds: int, block: int = 5):
+  """Times two zero-argument calls in alternating blocks of ``block`` calls.
 
-  The calls alternate within every round, so a slow spell of a shared
-  machine hits all of them alike instead of skewing one ratio.
+  Returns AdamW's median time in ms and the median, over rounds, of the
+  NanoAdam/AdamW ratio of the two blocks' medians. Blocks let each optimizer
+  run back to back, as its steps do in training (strict alternation makes
+  each call find the other's buffers in the allocator and cache); rounds let
+  a slow spell of a shared machine hit both sides of a ratio alike.
   """
-  for call in calls.values():
-    jax.block_until_ready(call())  # compile and warm up
-  times = {name: [] for name in calls}
-  for _ in range(repeats):
-    for name, call in calls.items():
+
+  def block_median(call):
+    times = []
+    for _ in range(block):
       start = time.perf_counter()
       jax.block_until_ready(call())
-      times[name].append(time.perf_counter() - start)
-  return {name: 1e3 * statistics.median(t) for name, t in times.items()}
+      times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+  for call in (adamw_call, nano_call):
+    jax.block_until_ready(call())  # compile and warm up
+  adamw_times, ratios = [], []
+  for _ in range(rounds):
+    adamw_time = block_median(adamw_call)
+    adamw_times.append(adamw_time)
+    ratios.append(block_median(nano_call) / adamw_time)
+  return 1e3 * statistics.median(adamw_times), statistics.median(ratios)
+
+
+def donated_steps(tx, state, grads, params):
+  """A zero-argument call that runs one donated ``tx.update`` per call."""
+  update = jax.jit(tx.update, donate_argnums=(1,))
+  box = [state]
+
+  def step():
+    updates, box[0] = update(grads, box[0], params)
+    return updates
+
+  return step
 
 
 def repeats_for(n: int) -> int:
-  return max(7, min(41, int(4e8 / max(n, 1))))
+  """Rounds of blocks: more for small, fast tensors."""
+  return max(3, min(9, int(1e8 / max(n, 1))))
 
 
 def time_updates(n: int, density: float, selection: str) -> dict:
@@ -59,30 +83,28 @@ def time_updates(n: int, density: float, selection: str) -> dict:
   repeats = repeats_for(n)
 
   adamw = optax.adamw(1e-3, weight_decay=0.0)
-  adamw_update = jax.jit(adamw.update)
-  adamw_state = adamw.init(params)
   tx = na.nanoadam(
     1e-3, density=density, mask_interval=MASK_INTERVAL, selection=selection
   )
   update = jax.jit(tx.update)
   first_state = tx.init(params)  # count 0: this update re-selects
-  _, steady_state = update(grads, first_state, params)  # count 1: steady
-  run_adamw = lambda: adamw_update(grads, adamw_state, params)  # noqa: E731
-  # Steady steps run back to back in training, so they are timed against
-  # AdamW without a re-selection in between (whose large temporaries would
-  # make the allocator hand back memory that the next call faults in again).
-  steady = interleaved_median_ms(
-    {"adamw": run_adamw, "nano": lambda: update(grads, steady_state, params)},
+  # As in a training loop, each optimizer's state is donated and threaded
+  # through its steps (AdamW then updates its moments in place). NanoAdam's
+  # steady run starts at count 1 and never reaches the next re-selection.
+  run_adamw = donated_steps(adamw, adamw.init(params), grads, params)
+  adamw_ms, steady = time_against_adamw(
+    run_adamw,
+    donated_steps(tx, update(grads, first_state, params)[1], grads, params),
     repeats,
   )
-  reselect = interleaved_median_ms(
-    {"adamw": run_adamw, "nano": lambda: update(grads, first_state, params)},
-    max(5, repeats // 3),
+  # Re-selection steps restart from count 0, so their state is not donated.
+  _, reselect = time_against_adamw(
+    run_adamw,
+    lambda: update(grads, first_state, params),
+    max(2, repeats // 3),
+    block=3,
   )
-  adamw_ms, steady_ms = steady["adamw"], steady["nano"]
-  # The re-selection's ratio uses the AdamW times of its own rounds.
-  reselect_ms = reselect["nano"] * adamw_ms / reselect["adamw"]
-  amortized_ms = ((MASK_INTERVAL - 1) * steady_ms + reselect_ms) / MASK_INTERVAL
+  amortized = ((MASK_INTERVAL - 1) * steady + reselect) / MASK_INTERVAL
 
   shapes = jax.tree.map(
     lambda p: jax.ShapeDtypeStruct(p.shape, p.dtype), params
@@ -93,11 +115,11 @@ def time_updates(n: int, density: float, selection: str) -> dict:
     n=n,
     density=density,
     adamw_ms=adamw_ms,
-    steady=steady_ms / adamw_ms,
-    reselect=reselect_ms / adamw_ms,
-    amortized=amortized_ms / adamw_ms,
-    steady_ms=steady_ms,
-    reselect_ms=reselect_ms,
+    steady=steady,
+    reselect=reselect,
+    amortized=amortized,
+    steady_ms=steady * adamw_ms,
+    reselect_ms=reselect * adamw_ms,
     state=ours_bytes / adamw_bytes,
   )
 
@@ -275,7 +297,10 @@ def main() -> None:
     f"Selection backend: `{args.selection}`. Produced by "
     f"`python benchmarks/bench_step.py{' --quick' if args.quick else ''}`."
     "\n\n## Update time, as a ratio to optax.adamw in the same run\n\n"
-    "Median wall time of the jitted `update` on one float32 tensor. "
+    "Jitted `update` on one float32 tensor, each optimizer's state donated "
+    "and threaded through its steps as in a training loop; AdamW and "
+    "NanoAdam run in alternating blocks of calls and the ratio is the "
+    "median over rounds of the ratio of block medians. "
     "Steady: a step that keeps the selection; re-select: a step that "
     f"selects anew; amortized: {MASK_INTERVAL - 1} steady steps and one "
     "re-selection. State bytes: persistent optimizer state.\n\n"
