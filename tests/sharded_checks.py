@@ -399,6 +399,49 @@ def check_explicit_axes():
   assert_same_run(sharded, train(tx, params, grads))
 
 
+def check_block_selection_is_shard_local():
+  """Blocks that line up with the param's shards select without moving it.
+
+  The compiled re-selection step of a (64, 128) param split by rows over 8
+  devices, with one 1024-entry block per device, holds no all-gather and no
+  all-to-all, and reduces nothing larger than a scalar; per-tensor selection
+  of the same param does gather it.
+  """
+  mesh = jax.make_mesh((DEVICES,), ("fsdp",), axis_types=(AxisType.Auto,))
+  rng = np.random.default_rng(0)
+  shardings = {"w": NamedSharding(mesh, P("fsdp", None))}
+  params = jax.device_put(
+    {"w": rng.normal(size=(64, 128)).astype(np.float32)}, shardings
+  )
+
+  def collectives(tx):
+    state_sharding = na.state_shardings(
+      jax.eval_shape(tx.init, params), shardings
+    )
+    state = jax.jit(tx.init, out_shardings=state_sharding)(params)
+    step = jax.jit(
+      tx.update,
+      in_shardings=(shardings, state_sharding, shardings),
+      out_shardings=(shardings, state_sharding),
+    )
+    hlo = step.lower(params, state, params).compile().as_text()
+    kinds = ("all-gather", "all-to-all", "all-reduce", "collective-permute")
+    return [
+      line.strip()
+      for line in hlo.splitlines()
+      if " = " in line and any(f" {kind}(" in line for kind in kinds)
+    ]
+
+  block = collectives(
+    na.scale_by_nanoadam(density=0.125, granularity="block", block_size=1024)
+  )
+  for line in block:
+    assert "all-gather" not in line and "all-to-all" not in line, line
+    assert "all-reduce" in line and "[] all-reduce(" in line, line
+  tensor = collectives(na.scale_by_nanoadam(density=0.125))
+  assert any("all-gather" in line for line in tensor), tensor
+
+
 CHECKS = {
   "fsdp_matches_single_device": check_fsdp_matches_single_device,
   "orbax_sharded_resume": check_orbax_sharded_resume,
@@ -406,6 +449,7 @@ CHECKS = {
   "wrapped_states": check_wrapped_states,
   "nnx_optimizer": check_nnx_optimizer,
   "explicit_axes": check_explicit_axes,
+  "block_selection_is_shard_local": check_block_selection_is_shard_local,
 }
 
 

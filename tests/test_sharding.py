@@ -261,10 +261,8 @@ def test_nnx_optimizer_with_sharded_params(sharded_results):
 
 
 def test_explicit_axes_mesh(sharded_results):
-  result = sharded_results["explicit_axes"]
-  if not result["ok"] and "ShardingTypeError" in result["error"]:
-    pytest.xfail(
-      "under Explicit mesh axes the core hands jax.lax.top_k and the "
-      "flattening reshape sharded operands, which JAX rejects"
-    )
-  expect_ok(result)
+  expect_ok(sharded_results["explicit_axes"])
+
+
+def test_block_selection_is_shard_local(sharded_results):
+  expect_ok(sharded_results["block_selection_is_shard_local"])
