@@ -1,0 +1,22 @@
+"""The benchmark script runs end to end (its numbers are not checked here)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_step.py"
+
+
+def test_bench_step_quick_writes_its_table(tmp_path):
+  completed = subprocess.run(
+    [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  results = (tmp_path / "RESULTS.md").read_text()
+  assert "| 65,536 | 0.1 |" in results
+  assert "| nanoadam d=0.1 |" in results
+  assert (tmp_path / "step_ratios.png").stat().st_size > 10_000
