@@ -111,11 +111,8 @@ def test_matches_float64_reference(tree_params, name):
   learning_rate = 0.05
   grads = random_grads(tree_params, 25, seed=3)
   jax_config = dict(config)
-  if jax_config.get("density_schedule") is not None:
-    python_schedule = jax_config["density_schedule"]
-    jax_config["density_schedule"] = lambda t: python_schedule(
-      t.astype(jnp.float32)
-    )
+  if config.get("density_schedule") is not None:
+    jax_config["density_schedule"] = strict_schedule(config["density_schedule"])
   if excluded:
     jax_config["exclude"] = "|".join(f"^{path}$" for path in excluded)
   ours, our_updates, _ = run_jax(
@@ -314,10 +311,7 @@ def test_block_granularity_matches_float64_reference(tree_params, name):
   grads = random_grads(tree_params, 20, seed=4)
   jax_config = dict(config, granularity="block")
   if config.get("density_schedule") is not None:
-    python_schedule = config["density_schedule"]
-    jax_config["density_schedule"] = lambda t: python_schedule(
-      t.astype(jnp.float32)
-    )
+    jax_config["density_schedule"] = strict_schedule(config["density_schedule"])
   ours, our_updates, state = run_jax(
     na.nanoadam(0.05, **jax_config), tree_params, grads
   )
