@@ -23,10 +23,10 @@ from nanoadam_jax import _tree
 # Inactive slots point at ``row_size + slot``, which must fit int32.
 _MAX_INT32 = 2**31 - 1
 
-# Relative slack when turning a float32 schedule value into an entry count, so
-# that float32 rounding of ``s * n`` (e.g. 0.05 * 100 -> 5.0000005) does not
-# add an entry.
-_COUNT_SLACK = 1e-6
+# A float32 product ``s * n`` this close (relatively) to an integer is taken
+# as that integer: it is float32 rounding, as in float32(0.05) * 100 =
+# 5.0000001, which must not add an entry.
+_COUNT_ROUNDING = 2.0**-22
 
 
 class ScaleByNanoAdamState(NamedTuple):
@@ -294,6 +294,9 @@ def scale_by_nanoadam(
   block_size = block_size if granularity == "block" else None
   # The lean step skips gathering params when decay is known to be zero.
   decays = _checks.concrete_float(weight_decay) != 0.0
+  # approx_min_k may return fewer real indices than slots (padded past the
+  # row), so its gathers and scatters cannot promise to stay in bounds.
+  may_pad = selection == "approx"
   hyper = dict(
     b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay
   )
@@ -314,7 +317,7 @@ def scale_by_nanoadam(
         indices.append(jnp.zeros(layout.buffer_shape, layout.index_dtype))
         mus.append(jnp.zeros(layout.buffer_shape, moment_dtype))
         nus.append(jnp.zeros(layout.buffer_shape, plan.dtype))
-      elif plan.trainable:
+      elif plan.trainable and math.prod(plan.shape):
         # An empty node, not a (0,) array: orbax cannot save zero-size
         # arrays, and optax.masked marks absent state the same way.
         indices.append(optax.MaskedNode())
@@ -338,8 +341,12 @@ def scale_by_nanoadam(
       return jnp.asarray(layout.k, jnp.int32)
     read_at = step - step % density_interval
     fraction = jnp.asarray(density_schedule(read_at), jnp.float32)
-    fraction = jnp.minimum(fraction, density)
-    wanted = jnp.ceil(fraction * layout.row_size * (1 - _COUNT_SLACK))
+    # Above ``density`` is clipped to it; NaN counts as 0 (one entry).
+    fraction = jnp.minimum(jnp.nan_to_num(fraction, nan=0.0), density)
+    wanted = fraction * layout.row_size
+    nearest = jnp.round(wanted)
+    is_rounding = jnp.abs(wanted - nearest) <= _COUNT_ROUNDING * wanted
+    wanted = jnp.where(is_rounding, nearest, jnp.ceil(wanted))
     return jnp.clip(wanted, 1, layout.k).astype(jnp.int32)
 
   def last_selection_step(step: jax.Array) -> jax.Array:
@@ -422,7 +429,7 @@ def scale_by_nanoadam(
     active = None
     if density_schedule is not None:
       active = slots < active_count(step, layout)
-    if active is None:
+    if active is None and not may_pad:
       gather = dict(mode="promise_in_bounds")
       scatter_mode = "promise_in_bounds"
     else:
@@ -531,7 +538,7 @@ def scale_by_nanoadam(
           plan, grad, param, buffers[i], step, sparse_count, step_size
         )
         buffers[i] = (buffers[i][0], mu, nu)
-      elif plan.trainable and not plan.sparse:
+      elif plan.trainable and not plan.sparse and math.prod(plan.shape):
         indices, mu, nu = buffers[i]
         direction, new_mu, nu = _adam.adam_direction(
           grad, mu, nu, param if decays else None, dense_count, **hyper

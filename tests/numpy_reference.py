@@ -12,8 +12,13 @@ import numpy as np
 
 
 def count_of(fraction: float, n: int) -> int:
-  """``ceil(fraction * n)`` with a relative slack of 1e-6 for rounding."""
-  return math.ceil(fraction * n * (1 - 1e-6))
+  """``ceil(fraction * n)``, where a product within float32 rounding
+  (2**-22, relative) of an integer counts as that integer."""
+  wanted = fraction * n
+  nearest = round(wanted)
+  if abs(wanted - nearest) <= 2.0**-22 * wanted:
+    return nearest
+  return math.ceil(wanted)
 
 
 def buffer_size(density: float, n: int) -> int:

@@ -455,3 +455,47 @@ def test_nanoadam_equals_the_chain_it_fuses(tree_params, learning_rate, dtype):
   chex.assert_trees_all_equal(our_state, their_state)
   chex.assert_trees_all_equal(our_updates, their_updates)
   chex.assert_trees_all_equal(ours, theirs)
+
+
+def updated_count(tx, n):
+  params = {"w": jnp.linspace(-1.0, 1.0, n, dtype=jnp.float32)}
+  grads = {"w": jnp.ones(n, jnp.float32)}
+  updates, _ = jax.jit(tx.update)(grads, tx.init(params), params)
+  return int(jnp.sum(updates["w"] != 0))
+
+
+@pytest.mark.parametrize(
+  ("fraction", "n", "expected"),
+  [
+    (0.5, 1_000_001, 500_001),  # ceil(500000.5): a half entry is an entry
+    (0.05, 100, 5),  # float32(0.05) * 100 = 5.0000001 is rounding, not 6
+    (0.07, 100, 7),
+    (0.013, 1000, 13),
+    (0.0, 50, 1),  # at least one entry
+    (float("nan"), 50, 1),  # NaN counts as 0
+    (0.9, 50, 25),  # clipped to density 0.5
+  ],
+)
+def test_schedule_entry_counts(fraction, n, expected):
+  tx = na.scale_by_nanoadam(
+    density=0.5,
+    mask_interval=10,
+    density_schedule=lambda t: jnp.asarray(fraction, jnp.float32),
+    density_interval=10,
+  )
+  assert updated_count(tx, n) == expected
+
+
+def test_approx_selection_steps_within_bounds():
+  tx = na.scale_by_nanoadam(density=0.1, selection="approx")
+  # On CPU approx_min_k is exact on distinct values.
+  assert updated_count(tx, 1000) == 100
+
+
+def test_absent_state_is_masked_not_zero_size():
+  params = {"w": jnp.ones((4, 4)), "head": jnp.zeros((0, 3))}
+  tx = na.scale_by_nanoadam(density=0.25, exclude="head")
+  state = tx.init(params)
+  assert all(leaf.size > 0 for leaf in jax.tree.leaves(state))
+  assert isinstance(state.mu["head"], optax.MaskedNode)
+  assert isinstance(state.indices["w"], jax.Array)
