@@ -223,7 +223,8 @@ def scale_by_nanoadam(
     density_schedule: optional callable ``step -> fraction``; the active count
       is ``clip(ceil(s(t') n), 1, k)`` with :math:`t'` the last multiple of
       ``density_interval`` at or before the step (values above ``density`` are
-      clipped to it). Optax schedules fit.
+      clipped to it, NaN counts as 0, and a product within float32 rounding
+      of an integer counts as that integer). Optax schedules fit.
     density_interval: re-read the schedule (and re-select) every this many
       steps; required with a schedule.
     moments: ``"remap"`` or ``"reset"``, what a re-selection does to the
