@@ -72,6 +72,9 @@ def adam_direction(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One AdamW step on matching arrays; returns (direction, mu, nu).
 
+  The new ``mu`` and ``nu`` keep the dtypes of the ones passed in (every
+  hyperparameter is cast to them), so callers store them as they are.
+
   The operation order follows ``optax.scale_by_adam`` followed by
   ``optax.add_decayed_weights``, so that a dense run matches ``optax.adamw``
   to float32 rounding.

@@ -73,6 +73,11 @@ class _LeafPlan(NamedTuple):
     """A sparse leaf with entries to select from."""
     return self.sparse and self.layout.n > 0
 
+  @property
+  def dense(self) -> bool:
+    """An excluded, non-empty float leaf: trained by dense AdamW."""
+    return not self.sparse and self.trainable and math.prod(self.shape) > 0
+
 
 def _plan(
   params: Any,
@@ -318,7 +323,7 @@ def scale_by_nanoadam(
         indices.append(jnp.zeros(layout.buffer_shape, layout.index_dtype))
         mus.append(jnp.zeros(layout.buffer_shape, moment_dtype))
         nus.append(jnp.zeros(layout.buffer_shape, plan.dtype))
-      elif plan.trainable and math.prod(plan.shape):
+      elif plan.dense:
         # An empty node, not a (0,) array: orbax cannot save zero-size
         # arrays, and optax.masked marks absent state the same way.
         indices.append(optax.MaskedNode())
@@ -424,7 +429,6 @@ def scale_by_nanoadam(
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Adam on the selected entries of one leaf; zero elsewhere."""
     layout = plan.layout
-    mu_dtype_here = buffers[1].dtype
     slots = jnp.arange(layout.k, dtype=jnp.int32)
     # Without a schedule every slot is active and in bounds: no masking.
     active = None
@@ -460,7 +464,7 @@ def scale_by_nanoadam(
         mode=scatter_mode,
         **sorted_unique,
       )
-      return dense, mu.astype(mu_dtype_here), nu
+      return dense, mu, nu
 
     dense, mu, nu = _layout.per_row(row, layout, broadcast=(5,))(
       _layout.to_rows(_unsharded(grad), layout),
@@ -539,13 +543,13 @@ def scale_by_nanoadam(
           plan, grad, param, buffers[i], step, sparse_count, step_size
         )
         buffers[i] = (buffers[i][0], mu, nu)
-      elif plan.trainable and not plan.sparse and math.prod(plan.shape):
+      elif plan.dense:
         indices, mu, nu = buffers[i]
-        direction, new_mu, nu = _adam.adam_direction(
+        direction, mu, nu = _adam.adam_direction(
           grad, mu, nu, param if decays else None, dense_count, **hyper
         )
         update = _scaled(direction, step_size, plan.dtype)
-        buffers[i] = (indices, new_mu.astype(mu.dtype), nu)
+        buffers[i] = (indices, mu, nu)
       else:  # frozen (an excluded non-float leaf) or empty
         update = jnp.zeros(plan.shape, plan.dtype)
       out.append(update)

@@ -1,5 +1,6 @@
 """The shared Adam arithmetic."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -50,3 +51,23 @@ def test_safe_increment_saturates():
   top = jnp.asarray(2**31 - 1, jnp.int32)
   assert int(_adam.safe_increment(top)) == 2**31 - 1
   assert int(_adam.safe_increment(jnp.asarray(4, jnp.int32))) == 5
+
+
+def test_adam_direction_keeps_moment_dtypes_with_traced_hyperparameters():
+  @jax.jit
+  def step(b1, b2):
+    return _adam.adam_direction(
+      jnp.ones(3, jnp.bfloat16),
+      jnp.zeros(3, jnp.float32),
+      jnp.zeros(3, jnp.bfloat16),
+      None,
+      jnp.asarray(1, jnp.int32),
+      b1=b1,
+      b2=b2,
+      eps=1e-8,
+      eps_root=0.0,
+      weight_decay=0.0,
+    )
+
+  _, mu, nu = step(jnp.asarray(0.9), jnp.asarray(0.999))
+  assert mu.dtype == jnp.float32 and nu.dtype == jnp.bfloat16
