@@ -4,7 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench install clean
+.PHONY: demo demo-digits test lint format bench install clean
+
+# Demo outputs go here, outside the tracked files.
+DEMO_OUT := demo-results
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -17,8 +20,13 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 install: $(STAMP)
 
+# The main job: all-MiniLM-L6-v2 finetuned with AdamW and NanoAdam (~5 min).
 demo: $(STAMP)
-	$(BIN)/python examples/compare_finetuning.py
+	$(BIN)/python examples/finetune_minilm.py --demo --out $(DEMO_OUT)
+
+# The fast example: an MLP on sklearn's digits (~2 min).
+demo-digits: $(STAMP)
+	$(BIN)/python examples/compare_finetuning.py --out $(DEMO_OUT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -35,4 +43,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache $(DEMO_OUT)
