@@ -6,6 +6,10 @@ Weights" (Zhou et al., NeurIPS 2025).
 
 from nanoadam_jax._checks import MOMENTS
 from nanoadam_jax._checks import SELECT_RULES
+from nanoadam_jax._inspect import Description
+from nanoadam_jax._inspect import LeafReport
+from nanoadam_jax._inspect import describe
+from nanoadam_jax._inspect import selection_mask
 from nanoadam_jax._layout import GRANULARITIES
 from nanoadam_jax._memory import state_bytes
 from nanoadam_jax._nanoadam import ScaleByNanoAdamState
@@ -19,15 +23,19 @@ from nanoadam_jax._sharding import state_shardings
 __version__ = "0.1.0"
 
 __all__ = (
+  "Description",
   "GRANULARITIES",
+  "LeafReport",
   "MOMENTS",
   "SELECTION_BACKENDS",
   "SELECT_RULES",
   "ScaleByNanoAdamState",
   "annotate_optimizer_sharding",
+  "describe",
   "lowest_k_indices",
   "nanoadam",
   "scale_by_nanoadam",
+  "selection_mask",
   "state_bytes",
   "state_shardings",
 )
