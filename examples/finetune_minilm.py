@@ -18,10 +18,10 @@ encoder's: *similarity kept* is their Pearson correlation (1.0: the
 structure survives intact), *forgetting* is one minus it.
 
 Run ``python examples/finetune_minilm.py`` for the full study (about an hour
-on two CPU cores; ``--steps``, ``--seeds`` scale it), ``--demo`` for the reduced comparison that ``make demo``
-runs (AdamW against the paper's recipe at the rates the full study chose), or
-``--quick`` for a smoke run. It writes ``minilm.md`` and PNG plots to
-``--out``.
+on two CPU cores; ``--steps`` and ``--seeds`` scale it up), ``--demo`` for
+the reduced comparison that ``make demo`` runs (AdamW against the paper's
+recipe at the rates the full study chose), or ``--quick`` for a smoke run.
+It writes ``minilm.md``, ``minilm.json`` and PNG plots to ``--out``.
 """
 
 import argparse
