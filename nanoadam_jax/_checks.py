@@ -4,6 +4,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nanoadam_jax import _layout
 
@@ -11,8 +12,24 @@ MOMENTS = ("remap", "reset")
 SELECT_RULES = ("smallest", "largest", "random")
 
 
-def concrete_float(value: Any) -> float | None:
-  """``float(value)``, or None when it is traced (e.g. inject_hyperparams)."""
+def concrete_float(value: Any, name: str = "value") -> float | None:
+  """``float(value)``, or None when it is traced (e.g. inject_hyperparams).
+
+  Raises:
+    TypeError: ``value`` is not a real scalar (None, a string, a bool, a
+      complex number or an array of another shape), naming ``name``.
+  """
+  is_number = isinstance(
+    value, int | float | np.number | np.ndarray | jax.Array
+  )
+  if isinstance(value, bool) or not is_number or jnp.ndim(value) != 0:
+    shape = f" of shape {jnp.shape(value)}" if is_number else ""
+    raise TypeError(
+      f"`{name}` must be a real scalar, got {type(value).__name__}{shape}: "
+      f"{value!r}."
+    )
+  if jnp.iscomplexobj(value):
+    raise TypeError(f"`{name}` must be real, got {value!r}.")
   if isinstance(value, jax.core.Tracer):
     return None
   return float(value)
@@ -36,6 +53,16 @@ def check_interval(name: str, value: Any) -> None:
   check_static_number(name, value)
   if not is_int(value) or value < 1:
     raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
+
+
+# The step count is int32 and saturates there: an interval at or beyond it
+# comes round only at step 0, so it means "select once, never again".
+NEVER_AGAIN = 2**31 - 1
+
+
+def as_step_interval(value: int) -> int:
+  """``value``, or :data:`NEVER_AGAIN` where it would overflow int32."""
+  return min(int(value), NEVER_AGAIN)
 
 
 def check_hyperparams(
@@ -81,7 +108,7 @@ def check_hyperparams(
       )
     check_interval("density_interval", density_interval)
   for name, value in (("b1", b1), ("b2", b2)):
-    concrete = concrete_float(value)
+    concrete = concrete_float(value, name)
     if concrete is not None and not 0.0 <= concrete < 1.0:
       raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}.")
   for name, value in (
@@ -89,20 +116,29 @@ def check_hyperparams(
     ("eps_root", eps_root),
     ("weight_decay", weight_decay),
   ):
-    concrete = concrete_float(value)
+    concrete = concrete_float(value, name)
     if concrete is not None and not concrete >= 0.0:
       raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
   if moments not in MOMENTS:
     raise ValueError(f"`moments` must be one of {MOMENTS}, got {moments!r}.")
   if select not in SELECT_RULES:
     raise ValueError(f"`select` must be one of {SELECT_RULES}, got {select!r}.")
-  if mu_dtype is not None and not jnp.issubdtype(mu_dtype, jnp.floating):
-    raise ValueError(
-      f"`mu_dtype` must be a floating-point dtype, got {mu_dtype!r}."
-    )
+  check_moment_dtype("mu_dtype", mu_dtype)
   check_static_number("seed", seed)
   if not is_int(seed):
     raise TypeError(f"`seed` must be an int, got {seed!r}.")
+
+
+def check_moment_dtype(name: str, dtype: Any) -> None:
+  """None, or a floating-point dtype (anything ``jnp.dtype`` reads)."""
+  if dtype is None:
+    return
+  try:
+    floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
+  except TypeError as error:
+    raise TypeError(f"`{name}` is not a dtype: {dtype!r} ({error}).") from None
+  if not floating:
+    raise ValueError(f"`{name}` must be a floating-point dtype, got {dtype!r}.")
 
 
 def check_granularity(granularity: str, block_size: Any) -> None:

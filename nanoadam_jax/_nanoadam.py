@@ -296,6 +296,9 @@ def scale_by_nanoadam(
   _checks.check_granularity(granularity, block_size)
   is_excluded = _tree.compile_exclude(exclude)
   mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
+  mask_interval = _checks.as_step_interval(mask_interval)
+  if density_interval is not None:
+    density_interval = _checks.as_step_interval(density_interval)
   density = float(density)
   block_size = block_size if granularity == "block" else None
   # The lean step skips gathering params when decay is known to be zero.

@@ -53,6 +53,12 @@ PARAMS = {"layer": {"kernel": jnp.ones((4, 3)), "bias": jnp.ones(3)}}
     (dict(mu_dtype=jnp.int32), ValueError, "mu_dtype"),
     (dict(seed=1.5), TypeError, "seed"),
     (dict(selection="quickselect"), ValueError, "selection"),
+    (dict(weight_decay=None), TypeError, "weight_decay"),
+    (dict(b1=jnp.array([0.9, 0.9])), TypeError, "b1.*shape"),
+    (dict(b1="0.9"), TypeError, "b1"),
+    (dict(b2=True), TypeError, "b2"),
+    (dict(eps=1e-8j), TypeError, "eps"),
+    (dict(mu_dtype="foo"), TypeError, "mu_dtype"),
   ],
 )
 def test_bad_hyperparameters_raise_at_construction(kwargs, error, pattern):
@@ -120,3 +126,16 @@ def test_traced_hyperparameters_are_not_validated_but_work():
 
   updates = step(jnp.asarray(0.5))
   assert updates["layer"]["kernel"].shape == (4, 3)
+
+
+def test_intervals_beyond_int32_mean_never_again():
+  """A mask interval past the int32 step count selects once, at step 0."""
+  params = {"w": jnp.linspace(-1.0, 1.0, 8)}
+  grads = {"w": jnp.ones(8)}
+  for interval in (10**10, 2**31 - 1):
+    tx = na.nanoadam(0.1, 0.25, interval)
+    state = tx.init(params)
+    for _ in range(3):
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+    assert int((updates["w"] != 0).sum()) == 2, interval
