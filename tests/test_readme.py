@@ -24,3 +24,15 @@ def test_readme_snippets_run_in_order():
     for snippet in snippets:
       exec(compile(snippet, str(README), "exec"), namespace)
   assert "state" in namespace and "params" in namespace
+
+
+def test_readme_quickstart_moves_the_smallest_entries():
+  """The first example trains: its loss falls, and exactly the 10% smallest
+  entries of the pretrained-looking body move."""
+  namespace: dict = {}
+  with jax.numpy_dtype_promotion("standard"):
+    exec(compile(runnable_snippets()[0], str(README), "exec"), namespace)
+  assert float(namespace["loss"]) < 0.5 * float(namespace["first_loss"])
+  moved, smallest = namespace["moved"], namespace["smallest"]
+  assert int(moved.sum()) == 410
+  assert bool((moved == smallest).all())
