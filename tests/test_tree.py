@@ -71,3 +71,11 @@ def test_route_leaves_accepts_shape_dtype_structs():
   _, leaves, _, sparse = _tree.route_leaves(params, _tree.compile_exclude(None))
   assert sparse == [True]
   assert leaves[0].shape == (3, 4)
+
+
+def test_package_ships_py_typed():
+  """PEP 561: without the marker, type checkers ignore the package's hints."""
+  import importlib.resources
+
+  marker = importlib.resources.files("nanoadam_jax") / "py.typed"
+  assert marker.is_file()
