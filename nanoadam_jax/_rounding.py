@@ -1,0 +1,57 @@
+"""Storing a moment in a narrower float without bias: stochastic rounding.
+
+Adam's second moment moves by ``(1 - b2) * (g**2 - nu)`` per step: with
+``b2 = 0.999`` that is a thousandth of the gap, far below half a bfloat16 ulp
+of ``nu`` (bfloat16 keeps 8 significant bits), so round-to-nearest storage
+throws the increment away and ``nu`` stalls or drifts. Rounding up with
+probability equal to the distance from the lower neighbour keeps the stored
+value right on average, whatever the increment's size.
+
+The random bits come from ``seed``, the step, the leaf and the moment, so a
+run repeats bit for bit, resumes from a checkpoint identically, and stores
+nothing random.
+"""
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+ROUNDINGS = ("stochastic", "nearest")
+
+
+def rounding_key(seed: Any, step: jax.Array, leaf_no: int, moment: int):
+  """The key of one moment buffer's rounding at one step."""
+  key = jax.random.fold_in(jax.random.key(seed), step)
+  return jax.random.fold_in(key, 2 * leaf_no + moment)
+
+
+def store(x: jax.Array, dtype: Any, key: jax.Array | None) -> jax.Array:
+  """``x`` in ``dtype``: rounded to nearest without a key, else stochastically.
+
+  Stochastic rounding picks one of the two ``dtype`` neighbours of each
+  entry, the upper one with probability ``(x - lower) / (upper - lower)``,
+  so ``E[store(x)] == x`` for every finite ``x`` in range. Values ``dtype``
+  holds exactly, infinities and NaNs come back unchanged.
+
+  Args:
+    x: the moment as computed (float32 or wider).
+    dtype: the storage dtype.
+    key: a ``jax.random`` key, or None for round-to-nearest (Optax's cast).
+
+  Returns:
+    An array of ``dtype`` and ``x``'s shape.
+  """
+  dtype = jnp.dtype(dtype)
+  if key is None or dtype.itemsize >= x.dtype.itemsize:
+    return x.astype(dtype)
+  nearest = x.astype(dtype)
+  # The other neighbour lies on the far side of x from the nearest one.
+  toward = jnp.where(nearest.astype(x.dtype) > x, -jnp.inf, jnp.inf)
+  other = jnp.nextafter(nearest, toward.astype(dtype))
+  gap = other.astype(x.dtype) - nearest.astype(x.dtype)
+  # P(other) = |x - nearest| / |other - nearest|; 0 where x is exact.
+  chance = jnp.where(gap != 0, (x - nearest.astype(x.dtype)) / gap, 0)
+  uniform = jax.random.uniform(key, x.shape, x.dtype)
+  take_other = (uniform < chance) & jnp.isfinite(other)
+  return jnp.where(take_other, other, nearest)
