@@ -17,6 +17,7 @@ import optax
 from nanoadam_jax import _adam
 from nanoadam_jax import _checks
 from nanoadam_jax import _layout
+from nanoadam_jax import _mesh
 from nanoadam_jax import _selection
 from nanoadam_jax import _tree
 
@@ -139,30 +140,6 @@ def _scaled(direction: jax.Array, step_size: Any, dtype: Any) -> jax.Array:
   if step_size is None:
     return direction
   return jnp.asarray(step_size, dtype) * direction
-
-
-def _explicit_spec(x: jax.Array) -> jax.sharding.PartitionSpec | None:
-  """``x``'s PartitionSpec when its mesh has Explicit axes, else None."""
-  sharding = jax.typeof(x).sharding
-  return sharding.spec if sharding.mesh.explicit_axes else None
-
-
-def _reshard(x: jax.Array, spec: jax.sharding.PartitionSpec | None):
-  """Gives ``x`` the sharding ``spec`` under Explicit mesh axes; else a no-op.
-
-  With Explicit axes a sharding is part of the type: top_k refuses a sharded
-  axis, a flattening reshape of a tensor split along two axes is ambiguous,
-  and both branches of the selection cond must agree on the buffers'
-  shardings. Under Auto axes (or no mesh) XLA decides, and this does nothing.
-  """
-  if spec is None or _explicit_spec(x) is None:
-    return x
-  mesh = jax.typeof(x).sharding.mesh
-  return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, spec))
-
-
-def _unsharded(x: jax.Array) -> jax.Array:
-  return _reshard(x, jax.sharding.PartitionSpec())
 
 
 def scale_by_nanoadam(
@@ -373,7 +350,7 @@ def scale_by_nanoadam(
       scores = -jnp.abs(param)
     else:
       scores = jnp.abs(param)
-    return _layout.to_rows(_unsharded(scores), layout, pad_value=jnp.inf)
+    return _layout.to_rows(_mesh.unsharded(scores), layout, pad_value=jnp.inf)
 
   def reselect_leaf(
     plan: _LeafPlan,
@@ -409,12 +386,12 @@ def scale_by_nanoadam(
       return chosen, mu, nu
 
     chosen, mu, nu = _layout.per_row(row, layout)(
-      scores_of(param, layout, step, leaf_no), *map(_unsharded, buffers)
+      scores_of(param, layout, step, leaf_no), *map(_mesh.unsharded, buffers)
     )
     chosen = chosen.astype(layout.index_dtype)
     # Both branches of the selection cond must give the same shardings.
     return tuple(
-      _reshard(new, _explicit_spec(old))
+      _mesh.reshard(new, _mesh.explicit_spec(old))
       for new, old in zip((chosen, mu, nu), buffers, strict=True)
     )
 
@@ -467,16 +444,16 @@ def scale_by_nanoadam(
       return dense, mu, nu
 
     dense, mu, nu = _layout.per_row(row, layout, broadcast=(5,))(
-      _layout.to_rows(_unsharded(grad), layout),
-      _layout.to_rows(_unsharded(param), layout),
-      *map(_unsharded, buffers),
+      _layout.to_rows(_mesh.unsharded(grad), layout),
+      _layout.to_rows(_mesh.unsharded(param), layout),
+      *map(_mesh.unsharded, buffers),
       active,
     )
     dense = _layout.from_rows(dense, layout, plan.shape)
     return (
-      _reshard(dense, _explicit_spec(param)),
-      _reshard(mu, _explicit_spec(buffers[1])),
-      _reshard(nu, _explicit_spec(buffers[2])),
+      _mesh.reshard(dense, _mesh.explicit_spec(param)),
+      _mesh.reshard(mu, _mesh.explicit_spec(buffers[1])),
+      _mesh.reshard(nu, _mesh.explicit_spec(buffers[2])),
     )
 
   def update_fn(
