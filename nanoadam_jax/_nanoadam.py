@@ -24,11 +24,6 @@ from nanoadam_jax import _tree
 # Inactive slots point at ``row_size + slot``, which must fit int32.
 _MAX_INT32 = 2**31 - 1
 
-# A float32 product ``s * n`` this close (relatively) to an integer is taken
-# as that integer: it is float32 rounding, as in float32(0.05) * 100 =
-# 5.0000001, which must not add an entry.
-_COUNT_ROUNDING = 2.0**-22
-
 
 class ScaleByNanoAdamState(NamedTuple):
   """State of :func:`scale_by_nanoadam`.
@@ -195,7 +190,9 @@ def scale_by_nanoadam(
 
   Args:
     density: fraction :math:`\rho \in (0, 1]` of each tensor that is updated;
-      it sizes the buffers and must be a Python number.
+      it sizes the buffers and must be a Python number. A product
+      :math:`\rho n` within float64 rounding of an integer counts as that
+      integer: 0.07 of 100 entries is 7, not 8.
     mask_interval: re-select every this many steps (a Python int >= 1).
     b1: exponential decay rate of the first moment.
     b2: exponential decay rate of the second moment.
@@ -206,7 +203,8 @@ def scale_by_nanoadam(
       is ``clip(ceil(s(t') n), 1, k)`` with :math:`t'` the last multiple of
       ``density_interval`` at or before the step (values above ``density`` are
       clipped to it, NaN counts as 0, and a product within float32 rounding
-      of an integer counts as that integer). Optax schedules fit.
+      of an integer counts as that integer, as for ``density``). Optax
+      schedules fit.
     density_interval: re-read the schedule (and re-select) every this many
       steps; required with a schedule.
     moments: ``"remap"`` or ``"reset"``, what a re-selection does to the
@@ -326,10 +324,7 @@ def scale_by_nanoadam(
     fraction = jnp.asarray(density_schedule(read_at), jnp.float32)
     # Above ``density`` is clipped to it; NaN counts as 0 (one entry).
     fraction = jnp.minimum(jnp.nan_to_num(fraction, nan=0.0), density)
-    wanted = fraction * layout.row_size
-    nearest = jnp.round(wanted)
-    is_rounding = jnp.abs(wanted - nearest) <= _COUNT_ROUNDING * wanted
-    wanted = jnp.where(is_rounding, nearest, jnp.ceil(wanted))
+    wanted = _tree.ceil_count(fraction, layout.row_size)
     return jnp.clip(wanted, 1, layout.k).astype(jnp.int32)
 
   def last_selection_step(step: jax.Array) -> jax.Array:
