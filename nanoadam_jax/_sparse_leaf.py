@@ -150,8 +150,8 @@ class SparseLeaf:
     """Lays out a non-empty leaf of ``shape``.
 
     Raises:
-      ValueError: its flat indices do not fit int32 (name the leaf by
-        ``path``).
+      ValueError: its flat indices do not fit int32; the message names the
+        leaf by ``path``.
     """
     layout = _layout.make_layout(
       math.prod(shape),
