@@ -58,6 +58,17 @@ def zeros_after(
   return jnp.broadcast_to(zero, shape)
 
 
+def scaled(direction: jax.Array, step_size: Any, dtype: Any) -> jax.Array:
+  """``step_size * direction`` in ``dtype``, as ``optax.scale`` computes it.
+
+  ``step_size=None`` gives the direction itself, cast to ``dtype``.
+  """
+  direction = direction.astype(dtype)
+  if step_size is None:
+    return direction
+  return jnp.asarray(step_size, dtype) * direction
+
+
 def adam_direction(
   grad: jax.Array,
   mu: jax.Array,

@@ -16,17 +16,9 @@ import optax
 
 from nanoadam_jax import _adam
 from nanoadam_jax import _checks
-from nanoadam_jax import _layout
 from nanoadam_jax import _selection
+from nanoadam_jax import _sparse_leaf
 from nanoadam_jax import _tree
-
-# Inactive slots point at ``row_size + slot``, which must fit int32.
-_MAX_INT32 = 2**31 - 1
-
-# A float32 product ``s * n`` this close (relatively) to an integer is taken
-# as that integer: it is float32 rounding, as in float32(0.05) * 100 =
-# 5.0000001, which must not add an entry.
-_COUNT_ROUNDING = 2.0**-22
 
 
 class ScaleByNanoAdamState(NamedTuple):
@@ -59,60 +51,40 @@ class ScaleByNanoAdamState(NamedTuple):
 
 
 class _LeafPlan(NamedTuple):
-  """Static, per-leaf facts decided at trace time from the params."""
+  """How one leaf is trained; static, decided at trace time from the params.
+
+  A leaf is sparse (``sparse`` is set), dense or neither: frozen (an
+  excluded non-float leaf) or empty, which get a zero update and no state.
+  """
 
   path: str
   shape: tuple[int, ...]
   dtype: Any
-  sparse: bool  # trained by NanoAdam (else dense AdamW, or frozen)
-  trainable: bool  # floating-point dtype
-  layout: _layout.Layout | None  # rows and buffer sizes of a sparse leaf
-
-  @property
-  def selects(self) -> bool:
-    """A sparse leaf with entries to select from."""
-    return self.sparse and self.layout.n > 0
-
-  @property
-  def dense(self) -> bool:
-    """An excluded, non-empty float leaf: trained by dense AdamW."""
-    return not self.sparse and self.trainable and math.prod(self.shape) > 0
+  sparse: _sparse_leaf.SparseLeaf | None  # a non-empty leaf for NanoAdam
+  dense: bool  # an excluded, non-empty float leaf: trained by dense AdamW
 
 
 def _plan(
   params: Any,
   is_excluded: Callable[[str, Any], bool],
-  density: float,
-  block_size: int | None,
+  config: _sparse_leaf.SparseConfig,
 ) -> tuple[list[_LeafPlan], list[Any], Any]:
-  """Routes each leaf and lays it out; returns plans, leaves, treedef."""
+  """Routes each leaf and lays out the sparse ones; returns plans, leaves,
+  treedef."""
   paths, leaves, treedef, sparse = _tree.route_leaves(params, is_excluded)
   plans = []
+  leaf_no = 0  # counts the sparse leaves
   for path, leaf, is_sparse in zip(paths, leaves, sparse, strict=True):
-    layout = None
-    if is_sparse:
-      layout = _layout.make_layout(
-        math.prod(leaf.shape),
-        lambda size: _tree.buffer_size(density, size),
-        block_size,
+    shape, dtype = tuple(leaf.shape), jnp.dtype(leaf.dtype)
+    empty = math.prod(shape) == 0
+    sparse_leaf = None
+    if is_sparse and not empty:
+      sparse_leaf = _sparse_leaf.SparseLeaf.build(
+        config, path, shape, dtype, leaf_no
       )
-      # Padding slots hold ``row_size + slot``, which must fit int32.
-      if layout.row_size + layout.k - 1 > _MAX_INT32:
-        raise ValueError(
-          f"Parameter {path!r} has {layout.n} entries, beyond int32 flat "
-          "indices. Use granularity='block' (block-local indices), or "
-          "exclude it."
-        )
-    plans.append(
-      _LeafPlan(
-        path=path,
-        shape=tuple(leaf.shape),
-        dtype=jnp.dtype(leaf.dtype),
-        sparse=is_sparse,
-        trainable=_tree.is_trainable_dtype(leaf.dtype),
-        layout=layout,
-      )
-    )
+      leaf_no += 1
+    dense = not is_sparse and _tree.is_trainable_dtype(dtype) and not empty
+    plans.append(_LeafPlan(path, shape, dtype, sparse_leaf, dense))
   return plans, leaves, treedef
 
 
@@ -126,43 +98,23 @@ def _flatten_like(treedef: Any, tree: Any, what: str) -> list[Any]:
     ) from error
 
 
+def _state(
+  count: jax.Array, treedef: Any, buffers: list[tuple[Any, Any, Any]]
+) -> ScaleByNanoAdamState:
+  """Assembles the state from per-leaf (indices, mu, nu) triples."""
+  return ScaleByNanoAdamState(
+    count=count,
+    indices=treedef.unflatten([indices for indices, _, _ in buffers]),
+    mu=treedef.unflatten([mu for _, mu, _ in buffers]),
+    nu=treedef.unflatten([nu for _, _, nu in buffers]),
+  )
+
+
 # :func:`nanoadam` hands its learning-rate step to :func:`scale_by_nanoadam`'s
 # update under this extra-argument name, so that the step scales the k
 # selected values before they are written into the dense update: one pass over
 # each tensor instead of a second, dense multiply.
 _STEP_SIZE_ARG = "_nanoadam_step_size"
-
-
-def _scaled(direction: jax.Array, step_size: Any, dtype: Any) -> jax.Array:
-  """``step_size * direction`` in ``dtype``, as ``optax.scale`` computes it."""
-  direction = direction.astype(dtype)
-  if step_size is None:
-    return direction
-  return jnp.asarray(step_size, dtype) * direction
-
-
-def _explicit_spec(x: jax.Array) -> jax.sharding.PartitionSpec | None:
-  """``x``'s PartitionSpec when its mesh has Explicit axes, else None."""
-  sharding = jax.typeof(x).sharding
-  return sharding.spec if sharding.mesh.explicit_axes else None
-
-
-def _reshard(x: jax.Array, spec: jax.sharding.PartitionSpec | None):
-  """Gives ``x`` the sharding ``spec`` under Explicit mesh axes; else a no-op.
-
-  With Explicit axes a sharding is part of the type: top_k refuses a sharded
-  axis, a flattening reshape of a tensor split along two axes is ambiguous,
-  and both branches of the selection cond must agree on the buffers'
-  shardings. Under Auto axes (or no mesh) XLA decides, and this does nothing.
-  """
-  if spec is None or _explicit_spec(x) is None:
-    return x
-  mesh = jax.typeof(x).sharding.mesh
-  return jax.sharding.reshard(x, jax.sharding.NamedSharding(mesh, spec))
-
-
-def _unsharded(x: jax.Array) -> jax.Array:
-  return _reshard(x, jax.sharding.PartitionSpec())
 
 
 def scale_by_nanoadam(
@@ -218,7 +170,9 @@ def scale_by_nanoadam(
 
   Args:
     density: fraction :math:`\rho \in (0, 1]` of each tensor that is updated;
-      it sizes the buffers and must be a Python number.
+      it sizes the buffers and must be a Python number. A product
+      :math:`\rho n` within float64 rounding of an integer counts as that
+      integer: 0.07 of 100 entries is 7, not 8.
     mask_interval: re-select every this many steps (a Python int >= 1).
     b1: exponential decay rate of the first moment.
     b2: exponential decay rate of the second moment.
@@ -229,7 +183,8 @@ def scale_by_nanoadam(
       is ``clip(ceil(s(t') n), 1, k)`` with :math:`t'` the last multiple of
       ``density_interval`` at or before the step (values above ``density`` are
       clipped to it, NaN counts as 0, and a product within float32 rounding
-      of an integer counts as that integer). Optax schedules fit.
+      of an integer counts as that integer, as for ``density``). Optax
+      schedules fit.
     density_interval: re-read the schedule (and re-select) every this many
       steps; required with a schedule.
     moments: ``"remap"`` or ``"reset"``, what a re-selection does to the
@@ -295,192 +250,48 @@ def scale_by_nanoadam(
   _selection.check_selection(selection)
   _checks.check_granularity(granularity, block_size)
   is_excluded = _tree.compile_exclude(exclude)
-  mu_dtype = None if mu_dtype is None else jnp.dtype(mu_dtype)
-  mask_interval = _checks.as_step_interval(mask_interval)
-  if density_interval is not None:
-    density_interval = _checks.as_step_interval(density_interval)
-  density = float(density)
-  block_size = block_size if granularity == "block" else None
-  # The lean step skips gathering params when decay is known to be zero.
-  decays = _checks.concrete_float(weight_decay) != 0.0
-  # approx_min_k may return fewer real indices than slots (padded past the
-  # row), so its gathers and scatters cannot promise to stay in bounds.
-  may_pad = selection == "approx"
-  hyper = dict(
-    b1=b1, b2=b2, eps=eps, eps_root=eps_root, weight_decay=weight_decay
+  config = _sparse_leaf.SparseConfig(
+    density=float(density),
+    # Intervals past the int32 step count select once: never again.
+    mask_interval=_checks.as_step_interval(mask_interval),
+    density_schedule=density_schedule,
+    density_interval=(
+      None
+      if density_interval is None
+      else _checks.as_step_interval(density_interval)
+    ),
+    moments=moments,
+    select=select,
+    selection=selection,
+    block_size=block_size if granularity == "block" else None,
+    mu_dtype=None if mu_dtype is None else jnp.dtype(mu_dtype),
+    seed=seed,
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    weight_decay=weight_decay,
   )
 
   def init_fn(params: optax.Params) -> ScaleByNanoAdamState:
-    plans, _, treedef = _plan(params, is_excluded, density, block_size)
-    indices, mus, nus = [], [], []
+    plans, _, treedef = _plan(params, is_excluded, config)
+    buffers = []
     for plan in plans:
-      moment_dtype = mu_dtype or plan.dtype
-      if plan.sparse and not plan.selects:  # an empty tensor
-        indices.append(optax.MaskedNode())
-        mus.append(optax.MaskedNode())
-        nus.append(optax.MaskedNode())
-      elif plan.sparse:
-        layout = plan.layout
-        # No selection yet: the first update always selects and remaps
-        # nothing (see ``old_active`` in ``reselect_leaf``).
-        indices.append(jnp.zeros(layout.buffer_shape, layout.index_dtype))
-        mus.append(jnp.zeros(layout.buffer_shape, moment_dtype))
-        nus.append(jnp.zeros(layout.buffer_shape, plan.dtype))
+      if plan.sparse is not None:
+        buffers.append(plan.sparse.init())
       elif plan.dense:
         # An empty node, not a (0,) array: orbax cannot save zero-size
         # arrays, and optax.masked marks absent state the same way.
-        indices.append(optax.MaskedNode())
-        mus.append(jnp.zeros(plan.shape, moment_dtype))
-        nus.append(jnp.zeros(plan.shape, plan.dtype))
-      else:
-        indices.append(optax.MaskedNode())
-        mus.append(optax.MaskedNode())
-        nus.append(optax.MaskedNode())
-    unflatten = treedef.unflatten
-    return ScaleByNanoAdamState(
-      count=jnp.zeros([], jnp.int32),
-      indices=unflatten(indices),
-      mu=unflatten(mus),
-      nu=unflatten(nus),
-    )
-
-  def active_count(step: jax.Array, layout: _layout.Layout) -> jax.Array:
-    """``k_t`` per row in force at ``step`` (``k`` without a schedule)."""
-    if density_schedule is None:
-      return jnp.asarray(layout.k, jnp.int32)
-    read_at = step - step % density_interval
-    fraction = jnp.asarray(density_schedule(read_at), jnp.float32)
-    # Above ``density`` is clipped to it; NaN counts as 0 (one entry).
-    fraction = jnp.minimum(jnp.nan_to_num(fraction, nan=0.0), density)
-    wanted = fraction * layout.row_size
-    nearest = jnp.round(wanted)
-    is_rounding = jnp.abs(wanted - nearest) <= _COUNT_ROUNDING * wanted
-    wanted = jnp.where(is_rounding, nearest, jnp.ceil(wanted))
-    return jnp.clip(wanted, 1, layout.k).astype(jnp.int32)
-
-  def last_selection_step(step: jax.Array) -> jax.Array:
-    last = step - step % mask_interval
-    if density_schedule is not None:
-      last = jnp.maximum(last, step - step % density_interval)
-    return last
-
-  def scores_of(
-    param: jax.Array, layout: _layout.Layout, step: jax.Array, leaf_no: int
-  ) -> jax.Array:
-    """Per-row scores; the lowest are selected, block padding never is."""
-    if select == "random":
-      key = jax.random.fold_in(jax.random.key(seed), step)
-      key = jax.random.fold_in(key, leaf_no)
-      scores = jax.random.uniform(key, param.shape, jnp.float32)
-    elif select == "largest":
-      scores = -jnp.abs(param)
-    else:
-      scores = jnp.abs(param)
-    return _layout.to_rows(_unsharded(scores), layout, pad_value=jnp.inf)
-
-  def reselect_leaf(
-    plan: _LeafPlan,
-    param: jax.Array,
-    step: jax.Array,
-    leaf_no: int,
-    buffers: tuple[jax.Array, jax.Array, jax.Array],
-  ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """A new selection for one leaf, with the moments remapped or reset."""
-    layout = plan.layout
-    new_active = active_count(step, layout)
-    # The count in force before this step; nothing was selected before 0.
-    old_active = jnp.where(step == 0, 0, active_count(step - 1, layout))
-    slots = jnp.arange(layout.k, dtype=jnp.int32)
-    schedule_active = new_active if density_schedule is not None else None
-
-    def row(scores, old, mu, nu):
-      chosen = _selection.lowest_k_indices(
-        scores, layout.k, schedule_active, selection
-      )
-      if moments == "reset":
-        return chosen, jnp.zeros_like(mu), jnp.zeros_like(nu)
-      # Both selections ascend within their active slots (inactive ones get
-      # out-of-row values here), so a binary search finds each chosen index
-      # among the old ones.
-      old = jnp.where(
-        slots < old_active, old.astype(jnp.int32), layout.row_size + slots
-      )
-      at = jnp.minimum(jnp.searchsorted(old, chosen), layout.k - 1)
-      kept = (old[at] == chosen) & (at < old_active) & (slots < new_active)
-      mu = jnp.where(kept, mu[at], jnp.zeros_like(mu))
-      nu = jnp.where(kept, nu[at], jnp.zeros_like(nu))
-      return chosen, mu, nu
-
-    chosen, mu, nu = _layout.per_row(row, layout)(
-      scores_of(param, layout, step, leaf_no), *map(_unsharded, buffers)
-    )
-    chosen = chosen.astype(layout.index_dtype)
-    # Both branches of the selection cond must give the same shardings.
-    return tuple(
-      _reshard(new, _explicit_spec(old))
-      for new, old in zip((chosen, mu, nu), buffers, strict=True)
-    )
-
-  def sparse_step(
-    plan: _LeafPlan,
-    grad: jax.Array,
-    param: jax.Array,
-    buffers: tuple[jax.Array, jax.Array, jax.Array],
-    step: jax.Array,
-    bias_count: jax.Array,
-    step_size: jax.Array | None,
-  ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Adam on the selected entries of one leaf; zero elsewhere."""
-    layout = plan.layout
-    slots = jnp.arange(layout.k, dtype=jnp.int32)
-    # Without a schedule every slot is active and in bounds: no masking.
-    active = None
-    if density_schedule is not None:
-      active = slots < active_count(step, layout)
-    if active is None and not may_pad:
-      gather = dict(mode="promise_in_bounds")
-      scatter_mode = "promise_in_bounds"
-    else:
-      gather = dict(mode="fill", fill_value=0)
-      scatter_mode = "drop"
-    sorted_unique = dict(indices_are_sorted=True, unique_indices=True)
-
-    def row(grad, param, indices, mu, nu, active):
-      where = indices.astype(jnp.int32)
-      if active is not None:
-        # Inactive slots point past the row, unique and ascending: gathers
-        # fill them with zeros, so their moments and direction stay zero,
-        # and scatters drop them.
-        where = jnp.where(active, where, layout.row_size + slots)
-      selected_grad = grad.at[where].get(**gather, **sorted_unique)
-      direction, mu, nu = _adam.adam_direction(
-        selected_grad,
-        mu,
-        nu,
-        param.at[where].get(**gather, **sorted_unique) if decays else None,
-        bias_count,
-        **hyper,
-      )
-      dense = _adam.zeros_after(selected_grad, grad.shape, plan.dtype)
-      dense = dense.at[where].set(
-        _scaled(direction, step_size, plan.dtype),
-        mode=scatter_mode,
-        **sorted_unique,
-      )
-      return dense, mu, nu
-
-    dense, mu, nu = _layout.per_row(row, layout, broadcast=(5,))(
-      _layout.to_rows(_unsharded(grad), layout),
-      _layout.to_rows(_unsharded(param), layout),
-      *map(_unsharded, buffers),
-      active,
-    )
-    dense = _layout.from_rows(dense, layout, plan.shape)
-    return (
-      _reshard(dense, _explicit_spec(param)),
-      _reshard(mu, _explicit_spec(buffers[1])),
-      _reshard(nu, _explicit_spec(buffers[2])),
-    )
+        buffers.append(
+          (
+            optax.MaskedNode(),
+            jnp.zeros(plan.shape, config.mu_dtype or plan.dtype),
+            jnp.zeros(plan.shape, plan.dtype),
+          )
+        )
+      else:  # frozen or empty: no state at all
+        buffers.append((optax.MaskedNode(),) * 3)
+    return _state(jnp.zeros([], jnp.int32), treedef, buffers)
 
   def update_fn(
     updates: optax.Updates,
@@ -496,9 +307,7 @@ def scale_by_nanoadam(
         "`update`: NanoAdam selects entries by |param|. Call "
         "`tx.update(grads, state, params)`."
       )
-    plans, param_leaves, treedef = _plan(
-      params, is_excluded, density, block_size
-    )
+    plans, param_leaves, treedef = _plan(params, is_excluded, config)
     grads = _flatten_like(treedef, updates, "gradient")
     buffers = list(
       zip(
@@ -515,56 +324,49 @@ def scale_by_nanoadam(
           f"the param has shape {plan.shape}."
         )
 
+    # 1. Re-select, every mask_interval (or density_interval) steps.
     step = state.count
-    selecting = [i for i, plan in enumerate(plans) if plan.selects]
-    if selecting:
-      should_select = step % mask_interval == 0
-      if density_schedule is not None:
-        should_select |= step % density_interval == 0
-
+    sparse = [i for i, plan in enumerate(plans) if plan.sparse is not None]
+    if sparse:
+      should_select = config.selects_at(step)
       # One cond per leaf: the steady step skips selection entirely and the
       # jitted update compiles once. (A single cond over all leaves made XLA
       # copy every param into it: +265 MiB on a 128 MiB model, measured.)
-      for leaf_no, i in enumerate(selecting):
+      for i in sparse:
 
-        def reselect(old, plan=plans[i], param=param_leaves[i], no=leaf_no):
-          return reselect_leaf(plan, param, step, no, old)
+        def reselect(old, leaf=plans[i].sparse, param=param_leaves[i]):
+          return leaf.reselect(param, step, old)
 
         buffers[i] = tuple(
           jax.lax.cond(should_select, reselect, lambda old: old, buffers[i])
         )
 
+    # 2. Adam: on the selected entries of sparse leaves, on all of dense ones.
     dense_count = _adam.safe_increment(step)
-    sparse_count = dense_count
-    if moments == "reset":
-      sparse_count = step - last_selection_step(step) + 1
-    out = []
-    for i, plan in enumerate(plans):
-      param, grad = param_leaves[i], grads[i]
-      if plan.selects:
-        update, mu, nu = sparse_step(
-          plan, grad, param, buffers[i], step, sparse_count, step_size
+    sparse_count = config.bias_count(step, dense_count)
+    out, new_buffers = [], []
+    for plan, param, grad, (indices, mu, nu) in zip(
+      plans, param_leaves, grads, buffers, strict=True
+    ):
+      if plan.sparse is not None:
+        update, mu, nu = plan.sparse.step(
+          grad, param, (indices, mu, nu), step, sparse_count, step_size
         )
-        buffers[i] = (buffers[i][0], mu, nu)
       elif plan.dense:
-        indices, mu, nu = buffers[i]
         direction, mu, nu = _adam.adam_direction(
-          grad, mu, nu, param if decays else None, dense_count, **hyper
+          grad,
+          mu,
+          nu,
+          param if config.decays else None,
+          dense_count,
+          **config.adam,
         )
-        update = _scaled(direction, step_size, plan.dtype)
-        buffers[i] = (indices, mu, nu)
+        update = _adam.scaled(direction, step_size, plan.dtype)
       else:  # frozen (an excluded non-float leaf) or empty
         update = jnp.zeros(plan.shape, plan.dtype)
       out.append(update)
-
-    unflatten = treedef.unflatten
-    new_state = ScaleByNanoAdamState(
-      count=dense_count,
-      indices=unflatten([indices for indices, _, _ in buffers]),
-      mu=unflatten([mu for _, mu, _ in buffers]),
-      nu=unflatten([nu for _, _, nu in buffers]),
-    )
-    return unflatten(out), new_state
+      new_buffers.append((indices, mu, nu))
+    return treedef.unflatten(out), _state(dense_count, treedef, new_buffers)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

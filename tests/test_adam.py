@@ -71,3 +71,14 @@ def test_adam_direction_keeps_moment_dtypes_with_traced_hyperparameters():
 
   _, mu, nu = step(jnp.asarray(0.9), jnp.asarray(0.999))
   assert mu.dtype == jnp.float32 and nu.dtype == jnp.bfloat16
+
+
+def test_scaled_casts_then_multiplies_as_optax_scale():
+  direction = jnp.asarray([1.0, -3.0, 1e-3], jnp.float32)
+  unscaled = _adam.scaled(direction, None, jnp.bfloat16)
+  np.testing.assert_array_equal(unscaled, direction.astype(jnp.bfloat16))
+  with optax_reference():
+    expected, _ = optax.scale(-0.1).update(direction.astype(jnp.bfloat16), None)
+  scaled = _adam.scaled(direction, jnp.float32(-0.1), jnp.bfloat16)
+  assert scaled.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(scaled, expected)

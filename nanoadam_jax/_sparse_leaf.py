@@ -1,0 +1,342 @@
+"""One sparse leaf: its selection and its Adam step.
+
+A leaf that NanoAdam trains sparsely keeps three fixed-size buffers: the
+indices of its selected entries and their two Adam moments. Two operations
+change them, in this order within an update:
+
+1. :meth:`SparseLeaf.reselect`, every ``mask_interval`` steps (and whenever
+   the density schedule is re-read): the ``k_t`` entries with the lowest
+   scores (``|theta|`` for the method) become the selection, and the moments
+   are remapped (an entry kept keeps its moments, a new one starts at zero)
+   or reset.
+2. :meth:`SparseLeaf.step`, every step: Adam on the selected entries, written
+   into a dense update that is exactly zero everywhere else.
+
+:class:`SparseConfig` holds what every sparse leaf of one transformation
+shares; :class:`SparseLeaf` adds one leaf's static facts (its layout, shape,
+dtype and place). Both are Python values fixed at trace time.
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from nanoadam_jax import _adam
+from nanoadam_jax import _checks
+from nanoadam_jax import _layout
+from nanoadam_jax import _mesh
+from nanoadam_jax import _selection
+from nanoadam_jax import _tree
+
+# Inactive slots point at ``row_size + slot``, which must fit int32.
+_MAX_INT32 = 2**31 - 1
+
+# A sparse leaf's state: (indices, mu, nu), each of the layout's
+# ``buffer_shape``: (k,), or (rows, k) for blocks.
+Buffers = tuple[jax.Array, jax.Array, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseConfig:
+  """What every sparse leaf of one transformation shares.
+
+  The Python values fix shapes and control flow; ``seed`` and the Adam
+  hyperparameters may be traced (e.g. under ``optax.inject_hyperparams``).
+  """
+
+  density: float  # sizes the buffers
+  mask_interval: int
+  density_schedule: Callable[[jax.Array], Any] | None
+  density_interval: int | None  # set when density_schedule is
+  moments: str  # "remap" | "reset"
+  select: str  # "smallest" | "largest" | "random"
+  selection: str  # the bottom-k backend
+  block_size: int | None  # None: the whole tensor is one row
+  mu_dtype: Any | None  # None: the param's dtype
+  seed: Any
+  b1: Any
+  b2: Any
+  eps: Any
+  eps_root: Any
+  weight_decay: Any
+
+  @property
+  def adam(self) -> dict[str, Any]:
+    """The hyperparameters of :func:`_adam.adam_direction`."""
+    return dict(
+      b1=self.b1,
+      b2=self.b2,
+      eps=self.eps,
+      eps_root=self.eps_root,
+      weight_decay=self.weight_decay,
+    )
+
+  @property
+  def decays(self) -> bool:
+    """False when weight decay is known to be zero: the lean step skips
+    gathering params."""
+    return _checks.concrete_float(self.weight_decay) != 0.0
+
+  @property
+  def may_pad(self) -> bool:
+    """approx_min_k may return fewer real indices than slots (padded past the
+    row), so its gathers and scatters cannot promise to stay in bounds."""
+    return self.selection == "approx"
+
+  def selects_at(self, step: jax.Array) -> jax.Array:
+    """Whether sparse leaves re-select before the update at ``step``.
+
+    Args:
+      step: updates applied so far, shape=(), dtype=int32.
+
+    Returns:
+      shape=(), dtype=bool.
+    """
+    due = step % self.mask_interval == 0
+    if self.density_schedule is not None:
+      due |= step % self.density_interval == 0
+    return due
+
+  def bias_count(self, step: jax.Array, count: jax.Array) -> jax.Array:
+    """The bias-correction count of the sparse leaves' update at ``step``.
+
+    Args:
+      step: updates applied so far, shape=(), dtype=int32.
+      count: ``step + 1`` (saturating), the dense leaves' count.
+
+    Returns:
+      shape=(), dtype=int32: ``count`` under ``"remap"``; under ``"reset"``
+      the steps since the last re-selection, this one included.
+    """
+    if self.moments != "reset":
+      return count
+    last = step - step % self.mask_interval
+    if self.density_schedule is not None:
+      last = jnp.maximum(last, step - step % self.density_interval)
+    return step - last + 1
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseLeaf:
+  """One non-empty leaf trained by NanoAdam, and its two operations.
+
+  Its buffers (see :data:`Buffers`) are, for a layout of ``rows`` rows of
+  ``k`` slots: ``indices`` shape=(k,), dtype=int32, ascending flat indices
+  (blockwise: shape=(rows, k), block-local, int16 or int32); ``mu`` of the
+  same shape in ``config.mu_dtype`` (default: the param's dtype); ``nu`` in
+  the param's dtype. With a density schedule only the first ``k_t`` slots of
+  each row are active; the rest are ignored.
+  """
+
+  config: SparseConfig
+  layout: _layout.Layout  # rows and buffer sizes
+  shape: tuple[int, ...]  # the param's
+  dtype: Any  # the param's: of the update and of nu
+  leaf_no: int  # place among the sparse leaves; separates random draws
+
+  @classmethod
+  def build(
+    cls,
+    config: SparseConfig,
+    path: str,
+    shape: tuple[int, ...],
+    dtype: Any,
+    leaf_no: int,
+  ) -> "SparseLeaf":
+    """Lays out a non-empty leaf of ``shape``.
+
+    Raises:
+      ValueError: its flat indices do not fit int32; the message names the
+        leaf by ``path``.
+    """
+    layout = _layout.make_layout(
+      math.prod(shape),
+      lambda size: _tree.buffer_size(config.density, size),
+      config.block_size,
+    )
+    # Padding slots hold ``row_size + slot``, which must fit int32.
+    if layout.row_size + layout.k - 1 > _MAX_INT32:
+      raise ValueError(
+        f"Parameter {path!r} has {layout.n} entries, beyond int32 flat "
+        "indices. Use granularity='block' (block-local indices), or "
+        "exclude it."
+      )
+    return cls(config, layout, tuple(shape), jnp.dtype(dtype), leaf_no)
+
+  def init(self) -> Buffers:
+    """Zero buffers. No selection yet: the first update always selects, and
+    remaps nothing (see ``old_active`` in :meth:`reselect`)."""
+    shape = self.layout.buffer_shape
+    return (
+      jnp.zeros(shape, self.layout.index_dtype),
+      jnp.zeros(shape, self.config.mu_dtype or self.dtype),
+      jnp.zeros(shape, self.dtype),
+    )
+
+  def active_count(self, step: jax.Array) -> jax.Array:
+    """``k_t``, the active slots per row in force at ``step``.
+
+    Args:
+      step: updates applied so far, shape=(), dtype=int32.
+
+    Returns:
+      shape=(), dtype=int32: ``k`` without a schedule, else
+      ``clip(ceil(s(t') * row_size), 1, k)`` with ``t'`` the last re-read.
+    """
+    config, layout = self.config, self.layout
+    if config.density_schedule is None:
+      return jnp.asarray(layout.k, jnp.int32)
+    read_at = step - step % config.density_interval
+    fraction = jnp.asarray(config.density_schedule(read_at), jnp.float32)
+    # Above ``density`` is clipped to it; NaN counts as 0 (one entry).
+    fraction = jnp.minimum(jnp.nan_to_num(fraction, nan=0.0), config.density)
+    wanted = _tree.ceil_count(fraction, layout.row_size)
+    return jnp.clip(wanted, 1, layout.k).astype(jnp.int32)
+
+  def _scores(self, param: jax.Array, step: jax.Array) -> jax.Array:
+    """Per-row scores, float32; the lowest are selected, padding never is."""
+    config = self.config
+    if config.select == "random":
+      key = jax.random.fold_in(jax.random.key(config.seed), step)
+      key = jax.random.fold_in(key, self.leaf_no)
+      scores = jax.random.uniform(key, param.shape, jnp.float32)
+    elif config.select == "largest":
+      scores = -jnp.abs(param)
+    else:
+      scores = jnp.abs(param)
+    return _layout.to_rows(
+      _mesh.unsharded(scores), self.layout, pad_value=jnp.inf
+    )
+
+  def reselect(
+    self, param: jax.Array, step: jax.Array, buffers: Buffers
+  ) -> Buffers:
+    """A new selection, with the moments remapped or reset.
+
+    Args:
+      param: the leaf, of ``shape`` and ``dtype``.
+      step: updates applied so far, shape=(), dtype=int32.
+      buffers: (indices, mu, nu) selected before ``step``.
+
+    Returns:
+      The new (indices, mu, nu): the ``k_t`` lowest scores of each row in
+      ascending index order, and their moments (under ``"remap"``: the old
+      ones of entries selected before and after, zero for new entries; under
+      ``"reset"``: zero). Shapes, dtypes and shardings are the buffers'.
+    """
+    config, layout = self.config, self.layout
+    new_active = self.active_count(step)
+    # The count in force before this step; nothing was selected before 0.
+    old_active = jnp.where(step == 0, 0, self.active_count(step - 1))
+    slots = jnp.arange(layout.k, dtype=jnp.int32)
+    schedule_active = None
+    if config.density_schedule is not None:
+      schedule_active = new_active
+
+    def row(scores, old, mu, nu):
+      chosen = _selection.lowest_k_indices(
+        scores, layout.k, schedule_active, config.selection
+      )
+      if config.moments == "reset":
+        return chosen, jnp.zeros_like(mu), jnp.zeros_like(nu)
+      # Both selections ascend within their active slots (inactive ones get
+      # out-of-row values here), so a binary search finds each chosen index
+      # among the old ones.
+      old = jnp.where(
+        slots < old_active, old.astype(jnp.int32), layout.row_size + slots
+      )
+      at = jnp.minimum(jnp.searchsorted(old, chosen), layout.k - 1)
+      kept = (old[at] == chosen) & (at < old_active) & (slots < new_active)
+      mu = jnp.where(kept, mu[at], jnp.zeros_like(mu))
+      nu = jnp.where(kept, nu[at], jnp.zeros_like(nu))
+      return chosen, mu, nu
+
+    chosen, mu, nu = _layout.per_row(row, layout)(
+      self._scores(param, step), *map(_mesh.unsharded, buffers)
+    )
+    chosen = chosen.astype(layout.index_dtype)
+    # Both branches of the selection cond must give the same shardings.
+    return tuple(
+      _mesh.reshard(new, _mesh.explicit_spec(old))
+      for new, old in zip((chosen, mu, nu), buffers, strict=True)
+    )
+
+  def step(
+    self,
+    grad: jax.Array,
+    param: jax.Array,
+    buffers: Buffers,
+    step: jax.Array,
+    bias_count: jax.Array,
+    step_size: jax.Array | None,
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Adam on the selected entries; an update of exactly zero elsewhere.
+
+    Args:
+      grad: the leaf's gradient, of ``shape``.
+      param: the leaf, of ``shape`` and ``dtype``.
+      buffers: (indices, mu, nu), selected for this step.
+      step: updates applied so far, shape=(), dtype=int32.
+      bias_count: the bias-correction count, shape=(), dtype=int32.
+      step_size: None (the unscaled direction), or a scalar that multiplies
+        the selected entries before they are written into the update.
+
+    Returns:
+      (update, mu, nu): the update of ``shape`` and ``dtype`` and the new
+      moments, each with the sharding of what it replaces.
+    """
+    config, layout = self.config, self.layout
+    slots = jnp.arange(layout.k, dtype=jnp.int32)
+    # Without a schedule every slot is active and in bounds: no masking.
+    active = None
+    if config.density_schedule is not None:
+      active = slots < self.active_count(step)
+    if active is None and not config.may_pad:
+      gather = dict(mode="promise_in_bounds")
+      scatter_mode = "promise_in_bounds"
+    else:
+      gather = dict(mode="fill", fill_value=0)
+      scatter_mode = "drop"
+    sorted_unique = dict(indices_are_sorted=True, unique_indices=True)
+    decays = config.decays
+
+    def row(grad, param, indices, mu, nu, active):
+      where = indices.astype(jnp.int32)
+      if active is not None:
+        # Inactive slots point past the row, unique and ascending: gathers
+        # fill them with zeros, so their moments and direction stay zero,
+        # and scatters drop them.
+        where = jnp.where(active, where, layout.row_size + slots)
+      selected_grad = grad.at[where].get(**gather, **sorted_unique)
+      direction, mu, nu = _adam.adam_direction(
+        selected_grad,
+        mu,
+        nu,
+        param.at[where].get(**gather, **sorted_unique) if decays else None,
+        bias_count,
+        **config.adam,
+      )
+      dense = _adam.zeros_after(selected_grad, grad.shape, self.dtype)
+      dense = dense.at[where].set(
+        _adam.scaled(direction, step_size, self.dtype),
+        mode=scatter_mode,
+        **sorted_unique,
+      )
+      return dense, mu, nu
+
+    dense, mu, nu = _layout.per_row(row, layout, broadcast=(5,))(
+      _layout.to_rows(_mesh.unsharded(grad), layout),
+      _layout.to_rows(_mesh.unsharded(param), layout),
+      *map(_mesh.unsharded, buffers),
+      active,
+    )
+    dense = _layout.from_rows(dense, layout, self.shape)
+    return (
+      _mesh.reshard(dense, _mesh.explicit_spec(param)),
+      _mesh.reshard(mu, _mesh.explicit_spec(buffers[1])),
+      _mesh.reshard(nu, _mesh.explicit_spec(buffers[2])),
+    )

@@ -1,0 +1,171 @@
+"""One sparse leaf's operations, called directly on hand-checked buffers."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from nanoadam_jax import _sparse_leaf
+
+
+def make_config(**overrides) -> _sparse_leaf.SparseConfig:
+  options = dict(
+    density=0.5,
+    mask_interval=10,
+    density_schedule=None,
+    density_interval=None,
+    moments="remap",
+    select="smallest",
+    selection="auto",
+    block_size=None,
+    mu_dtype=None,
+    seed=0,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    eps_root=0.0,
+    weight_decay=0.0,
+  )
+  options.update(overrides)
+  return _sparse_leaf.SparseConfig(**options)
+
+
+def make_leaf(shape, **overrides) -> _sparse_leaf.SparseLeaf:
+  config = make_config(**overrides)
+  return _sparse_leaf.SparseLeaf.build(config, "w", shape, jnp.float32, 0)
+
+
+def f32(values):
+  return jnp.asarray(values, jnp.float32)
+
+
+def step_no(t):
+  return jnp.asarray(t, jnp.int32)
+
+
+@pytest.mark.parametrize("moments", ["remap", "reset"])
+def test_reselect_remaps_kept_moments_and_zeroes_new_ones(moments):
+  leaf = make_leaf((6,), moments=moments)
+  assert leaf.layout.k == 3
+  # Selected before: entries 1, 3, 5. Now the smallest |theta| are 0, 3, 4.
+  old = (
+    jnp.asarray([1, 3, 5], jnp.int32),
+    f32([10.0, 30.0, 50.0]),
+    f32([11.0, 31.0, 51.0]),
+  )
+  param = f32([0.01, 1.0, -2.0, -0.02, 0.03, 0.5])
+  indices, mu, nu = leaf.reselect(param, step_no(10), old)
+  np.testing.assert_array_equal(indices, [0, 3, 4])
+  if moments == "remap":  # entry 3 keeps its moments; 0 and 4 start at zero
+    np.testing.assert_array_equal(mu, [0.0, 30.0, 0.0])
+    np.testing.assert_array_equal(nu, [0.0, 31.0, 0.0])
+  else:
+    np.testing.assert_array_equal(mu, [0.0, 0.0, 0.0])
+    np.testing.assert_array_equal(nu, [0.0, 0.0, 0.0])
+  assert indices.dtype == jnp.int32 and mu.dtype == nu.dtype == jnp.float32
+
+
+def test_first_reselect_keeps_nothing_from_the_zero_buffers():
+  leaf = make_leaf((6,))
+  param = f32([0.0, 1.0, 2.0, 3.0, 4.0, 5.0])
+  # Zero indices would match entry 0, but nothing was selected before step 0.
+  old = (jnp.zeros(3, jnp.int32), f32([7.0, 7.0, 7.0]), f32([7.0, 7.0, 7.0]))
+  indices, mu, nu = leaf.reselect(param, step_no(0), old)
+  np.testing.assert_array_equal(indices, [0, 1, 2])
+  np.testing.assert_array_equal(mu, [0.0, 0.0, 0.0])
+  np.testing.assert_array_equal(nu, [0.0, 0.0, 0.0])
+
+
+def test_reselect_remaps_within_each_block():
+  leaf = make_leaf((8,), block_size=4)
+  assert leaf.layout.buffer_shape == (2, 2)
+  assert leaf.layout.index_dtype == jnp.int16
+  old = (
+    jnp.asarray([[0, 1], [2, 3]], jnp.int16),  # block-local
+    f32([[1.0, 2.0], [3.0, 4.0]]),
+    f32([[5.0, 6.0], [7.0, 8.0]]),
+  )
+  param = f32([0.9, 0.01, 0.02, 0.8, 0.01, 0.5, 0.6, 0.02])
+  indices, mu, nu = leaf.reselect(param, step_no(20), old)
+  np.testing.assert_array_equal(indices, [[1, 2], [0, 3]])
+  np.testing.assert_array_equal(mu, [[2.0, 0.0], [0.0, 4.0]])
+  np.testing.assert_array_equal(nu, [[6.0, 0.0], [0.0, 8.0]])
+  assert indices.dtype == jnp.int16
+
+
+def test_step_is_adam_on_the_selection_and_exactly_zero_elsewhere():
+  leaf = make_leaf((2, 3))
+  grad = f32([[0.5, -1.0, 2.0], [-0.25, 3.0, -4.0]])
+  param = f32([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
+  buffers = (jnp.asarray([0, 3, 4], jnp.int32), f32([0, 0, 0]), f32([0, 0, 0]))
+  update, mu, nu = leaf.step(
+    grad, param, buffers, step_no(0), step_no(1), f32(-0.1)
+  )
+  assert update.shape == (2, 3) and update.dtype == jnp.float32
+  selected = np.asarray(grad).reshape(-1)[[0, 3, 4]]
+  # A first Adam step from zero moments is g / (|g| + eps), up to the float32
+  # bias correction (1 - float32(0.999) is 1.3e-5 off 0.001).
+  np.testing.assert_allclose(
+    np.asarray(update).reshape(-1)[[0, 3, 4]],
+    -0.1 * selected / (np.abs(selected) + 1e-8),
+    rtol=1e-5,
+  )
+  np.testing.assert_allclose(mu, 0.1 * selected, rtol=1e-6)
+  np.testing.assert_allclose(nu, 0.001 * selected**2, rtol=1e-5)
+  outside = np.asarray(update).reshape(-1)[[1, 2, 5]]
+  np.testing.assert_array_equal(outside.view(np.uint32), 0)  # +0.0
+
+
+def test_step_under_a_schedule_uses_only_the_active_slots():
+  leaf = make_leaf(
+    (6,),
+    density_schedule=lambda t: jnp.where(t < 10, 0.5, 1 / 6),
+    density_interval=10,
+  )
+  assert int(leaf.active_count(step_no(3))) == 3
+  assert int(leaf.active_count(step_no(12))) == 1
+  grad = f32([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
+  param = f32([0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+  buffers = (jnp.asarray([1, 2, 4], jnp.int32), f32([0, 0, 0]), f32([0, 0, 0]))
+  update, mu, nu = leaf.step(
+    grad, param, buffers, step_no(12), step_no(13), None
+  )
+  np.testing.assert_array_equal(np.asarray(update) != 0, [0, 1, 0, 0, 0, 0])
+  np.testing.assert_array_equal(np.asarray(mu) != 0, [1, 0, 0])
+  np.testing.assert_array_equal(np.asarray(nu) != 0, [1, 0, 0])
+
+
+@pytest.mark.parametrize(
+  ("fraction", "expected"),
+  [(0.9, 3), (float("nan"), 1), (0.0, 1), (0.05, 1), (0.34, 3)],
+)
+def test_active_count_is_clipped_to_one_and_k(fraction, expected):
+  leaf = make_leaf(
+    (6,),
+    density_schedule=lambda t: jnp.float32(fraction),
+    density_interval=5,
+  )
+  assert int(jax.jit(leaf.active_count)(step_no(7))) == expected
+
+
+def test_selection_timing_and_bias_count():
+  remap = make_config(density_schedule=lambda t: 0.5, density_interval=4)
+  reset = make_config(
+    moments="reset", density_schedule=lambda t: 0.5, density_interval=4
+  )
+  due = [bool(remap.selects_at(step_no(t))) for t in range(13)]
+  assert [t for t, d in enumerate(due) if d] == [0, 4, 8, 10, 12]
+  # "remap" counts from the first step; "reset" from the last re-selection.
+  assert int(remap.bias_count(step_no(13), step_no(14))) == 14
+  assert int(reset.bias_count(step_no(13), step_no(14))) == 2  # from 12
+  assert int(reset.bias_count(step_no(11), step_no(12))) == 2  # from 10
+
+
+def test_build_refuses_flat_indices_beyond_int32():
+  config = make_config(density=0.1)
+  with pytest.raises(ValueError, match="'big'.*granularity='block'"):
+    _sparse_leaf.SparseLeaf.build(config, "big", (2**31,), jnp.float32, 0)
+  blocks = make_config(density=0.1, block_size=2**20)
+  leaf = _sparse_leaf.SparseLeaf.build(blocks, "big", (2**31,), jnp.float32, 0)
+  # 2**11 blocks of ceil(0.1 * 2**20) = ceil(104857.6) block-local slots.
+  assert leaf.layout.buffer_shape == (2**11, 104_858)
