@@ -5,6 +5,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from nanoadam_jax import _rounding
 from nanoadam_jax._checks import concrete_float
 
 _MAX_INT32 = 2**31 - 1
@@ -80,37 +81,48 @@ def adam_direction(
   eps: Any,
   eps_root: Any,
   weight_decay: Any,
+  *,
+  dtype: Any = None,
+  keys: tuple[jax.Array | None, jax.Array | None] = (None, None),
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One AdamW step on matching arrays; returns (direction, mu, nu).
 
-  The new ``mu`` and ``nu`` keep the dtypes of the ones passed in (every
-  hyperparameter is cast to them), so callers store them as they are.
+  As in Optax, the moments are updated in the param's precision (``dtype``,
+  default the gradient's; or the stored moments' if wider), the step is
+  computed from those unrounded moments, and only what is stored is cast
+  back to the stored moments' dtypes: stochastically where ``keys`` (for
+  ``mu``, ``nu``) holds a ``jax.random`` key (see :func:`_rounding.store`),
+  else to nearest.
 
   The operation order follows ``optax.scale_by_adam`` followed by
   ``optax.add_decayed_weights``, so that a dense run matches ``optax.adamw``
-  to float32 rounding.
+  to the params' rounding.
   """
-  compute = _wider_float(mu.dtype, nu.dtype)
-  # Hyperparameters may be traced float32 (inject_hyperparams); cast them to
-  # each buffer's dtype so bfloat16 state stays bfloat16.
-  mu = (
-    _one_minus(b1, mu.dtype) * grad.astype(mu.dtype)
-    + jnp.asarray(b1, mu.dtype) * mu
+  dtype = grad.dtype if dtype is None else dtype
+  compute = _wider_float(_wider_float(dtype, mu.dtype), nu.dtype)
+  grad = grad.astype(compute)
+  new_mu = _one_minus(b1, compute) * grad + jnp.asarray(b1, compute) * (
+    mu.astype(compute)
   )
-  grad_nu = grad.astype(nu.dtype)
-  nu = (
-    _one_minus(b2, nu.dtype) * (grad_nu * grad_nu)
-    + jnp.asarray(b2, nu.dtype) * nu
-  )
-  count = bias_count.astype(jnp.float32)
-  mu_correction = 1 - jnp.asarray(b1, jnp.float32) ** count
-  nu_correction = 1 - jnp.asarray(b2, jnp.float32) ** count
-  mu_hat = mu.astype(compute) / mu_correction.astype(compute)
-  nu_hat = nu.astype(compute) / nu_correction.astype(compute)
+  new_nu = _one_minus(b2, compute) * (grad * grad) + jnp.asarray(
+    b2, compute
+  ) * nu.astype(compute)
+  # Bias corrections in float32 at least: 1 - b2**c is 1e-3 at c=1.
+  precise = _wider_float(compute, jnp.float32)
+  count = bias_count.astype(precise)
+  mu_correction = 1 - jnp.asarray(b1, precise) ** count
+  nu_correction = 1 - jnp.asarray(b2, precise) ** count
+  mu_hat = new_mu / mu_correction.astype(compute)
+  nu_hat = new_nu / nu_correction.astype(compute)
   eps_root = jnp.asarray(eps_root, compute)
   eps = jnp.asarray(eps, compute)
   direction = mu_hat / (jnp.sqrt(nu_hat + eps_root) + eps)
   if param is not None:  # None: weight decay is known to be zero
     weight_decay = jnp.asarray(weight_decay, compute)
     direction = direction + weight_decay * param.astype(compute)
-  return direction, mu, nu
+  mu_key, nu_key = keys
+  return (
+    direction,
+    _rounding.store(new_mu, mu.dtype, mu_key),
+    _rounding.store(new_nu, nu.dtype, nu_key),
+  )

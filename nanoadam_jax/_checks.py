@@ -129,6 +129,11 @@ def check_hyperparams(
     raise TypeError(f"`seed` must be an int, got {seed!r}.")
 
 
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+  if value not in choices:
+    raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
 def check_moment_dtype(name: str, dtype: Any) -> None:
   """None, or a floating-point dtype (anything ``jnp.dtype`` reads)."""
   if dtype is None:

@@ -16,6 +16,7 @@ import optax
 
 from nanoadam_jax import _adam
 from nanoadam_jax import _checks
+from nanoadam_jax import _rounding
 from nanoadam_jax import _selection
 from nanoadam_jax import _sparse_leaf
 from nanoadam_jax import _tree
@@ -31,7 +32,7 @@ class ScaleByNanoAdamState(NamedTuple):
     selected entries; with a density schedule only the first ``k_t`` slots
     are in use (the rest are ignored). All zeros before the first update.
   - ``mu``, ``nu``: shape=(k,), the Adam moments of those entries (``mu`` in
-    ``mu_dtype``, ``nu`` in the param's dtype).
+    ``mu_dtype``, ``nu`` in ``nu_dtype``; each defaults to the param's).
 
   With ``granularity="block"`` the buffers are shape=(blocks, k_block):
   per contiguous block of the flattened tensor, block-local indices (int16
@@ -74,13 +75,15 @@ def _plan(
   paths, leaves, treedef, sparse = _tree.route_leaves(params, is_excluded)
   plans = []
   leaf_no = 0  # counts the sparse leaves
-  for path, leaf, is_sparse in zip(paths, leaves, sparse, strict=True):
+  for tree_no, (path, leaf, is_sparse) in enumerate(
+    zip(paths, leaves, sparse, strict=True)
+  ):
     shape, dtype = tuple(leaf.shape), jnp.dtype(leaf.dtype)
     empty = math.prod(shape) == 0
     sparse_leaf = None
     if is_sparse and not empty:
       sparse_leaf = _sparse_leaf.SparseLeaf.build(
-        config, path, shape, dtype, leaf_no
+        config, path, shape, dtype, leaf_no, tree_no
       )
       leaf_no += 1
     dense = not is_sparse and _tree.is_trainable_dtype(dtype) and not empty
@@ -132,6 +135,8 @@ def scale_by_nanoadam(
   select: str = "smallest",
   exclude: _tree.Exclude = None,
   mu_dtype: Any | None = None,
+  nu_dtype: Any | None = None,
+  rounding: str = "stochastic",
   seed: int = 0,
   selection: str = "auto",
   granularity: str = "tensor",
@@ -197,8 +202,17 @@ def scale_by_nanoadam(
       Paths join dict keys, sequence indices and attribute names, e.g.
       ``"encoder/layers/0/kernel"``; a Flax NNX ``Variable``'s trailing
       ``value`` is dropped, so NNX state gives ``"linear/kernel"``.
-    mu_dtype: optional dtype of the first moment; defaults to the param's.
-    seed: seed of the ``"random"`` ablation.
+    mu_dtype: optional storage dtype of the first moment (default: the
+      param's). As in Optax, the moment is updated and used in the param's
+      precision; only the stored copy is ``mu_dtype``.
+    nu_dtype: the same for the second moment. With ``b2=0.999`` its
+      per-step change is below half a bfloat16 ulp, so round-to-nearest
+      storage stalls or drifts; see ``rounding``.
+    rounding: how a moment stored narrower than the param is rounded:
+      ``"stochastic"`` (unbiased; random bits from ``seed``, the step and the
+      leaf, so runs and checkpoint resumes repeat bit for bit) or
+      ``"nearest"`` (Optax's plain cast).
+    seed: seed of the ``"random"`` ablation and of stochastic rounding.
     selection: the bottom-k backend (see ``SELECTION_BACKENDS``): ``"auto"``
       (the fastest exact one for the platform, ``"radix"``), ``"top_k"``
       (the reference), ``"radix"``, or ``"approx"`` (``approx_min_k``, not
@@ -247,6 +261,8 @@ def scale_by_nanoadam(
     mu_dtype,
     seed,
   )
+  _checks.check_moment_dtype("nu_dtype", nu_dtype)
+  _checks.check_choice("rounding", rounding, _rounding.ROUNDINGS)
   _selection.check_selection(selection)
   _checks.check_granularity(granularity, block_size)
   is_excluded = _tree.compile_exclude(exclude)
@@ -265,6 +281,8 @@ def scale_by_nanoadam(
     selection=selection,
     block_size=block_size if granularity == "block" else None,
     mu_dtype=None if mu_dtype is None else jnp.dtype(mu_dtype),
+    nu_dtype=None if nu_dtype is None else jnp.dtype(nu_dtype),
+    rounding=rounding,
     seed=seed,
     b1=b1,
     b2=b2,
@@ -286,7 +304,7 @@ def scale_by_nanoadam(
           (
             optax.MaskedNode(),
             jnp.zeros(plan.shape, config.mu_dtype or plan.dtype),
-            jnp.zeros(plan.shape, plan.dtype),
+            jnp.zeros(plan.shape, config.nu_dtype or plan.dtype),
           )
         )
       else:  # frozen or empty: no state at all
@@ -345,8 +363,8 @@ def scale_by_nanoadam(
     dense_count = _adam.safe_increment(step)
     sparse_count = config.bias_count(step, dense_count)
     out, new_buffers = [], []
-    for plan, param, grad, (indices, mu, nu) in zip(
-      plans, param_leaves, grads, buffers, strict=True
+    for tree_no, (plan, param, grad, (indices, mu, nu)) in enumerate(
+      zip(plans, param_leaves, grads, buffers, strict=True)
     ):
       if plan.sparse is not None:
         update, mu, nu = plan.sparse.step(
@@ -360,6 +378,15 @@ def scale_by_nanoadam(
           param if config.decays else None,
           dense_count,
           **config.adam,
+          dtype=plan.dtype,
+          keys=_rounding.moment_keys(
+            config.rounding,
+            config.seed,
+            step,
+            tree_no,
+            plan.dtype,
+            (mu.dtype, nu.dtype),
+          ),
         )
         update = _adam.scaled(direction, step_size, plan.dtype)
       else:  # frozen (an excluded non-float leaf) or empty
@@ -387,6 +414,8 @@ def nanoadam(
   select: str = "smallest",
   exclude: _tree.Exclude = None,
   mu_dtype: Any | None = None,
+  nu_dtype: Any | None = None,
+  rounding: str = "stochastic",
   seed: int = 0,
   selection: str = "auto",
   granularity: str = "tensor",
@@ -431,8 +460,11 @@ def nanoadam(
     exclude: regex on the ``"/"``-joined leaf path (``"linear/kernel"`` for
       Flax NNX state), or ``(path, leaf) -> bool``; matching leaves are
       trained by dense AdamW.
-    mu_dtype: optional dtype of the first moment.
-    seed: seed of the ``"random"`` ablation.
+    mu_dtype: optional storage dtype of the first moment.
+    nu_dtype: optional storage dtype of the second moment.
+    rounding: ``"stochastic"`` (unbiased) or ``"nearest"``, for moments
+      stored narrower than the param.
+    seed: seed of the ``"random"`` ablation and of stochastic rounding.
     selection: the bottom-k backend; ``"auto"`` picks the fastest exact one.
     granularity: ``"tensor"`` (the method) or ``"block"`` (per contiguous
       block of ``block_size`` entries).
@@ -476,6 +508,8 @@ def nanoadam(
     select=select,
     exclude=exclude,
     mu_dtype=mu_dtype,
+    nu_dtype=nu_dtype,
+    rounding=rounding,
     seed=seed,
     selection=selection,
     granularity=granularity,
@@ -493,9 +527,19 @@ def nanoadam(
     **extra_args: Any,
   ) -> tuple[optax.Updates, tuple[Any, Any]]:
     core_state, learning_rate_state = state
-    # Optax's own step (-learning_rate(count)) and count, read off a scalar.
+    # Optax's own step (-learning_rate(count)) and count, read off a scalar
+    # as wide as the widest param, so float64 params get a float64 rate.
+    widest = max(
+      (
+        jnp.dtype(leaf.dtype)
+        for leaf in jax.tree.leaves(params)
+        if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)
+      ),
+      key=lambda dtype: dtype.itemsize,
+      default=jnp.dtype(jnp.float32),
+    )
     step_size, learning_rate_state = learning_rate_tx.update(
-      jnp.ones((), jnp.float32), learning_rate_state
+      jnp.ones((), widest), learning_rate_state
     )
     updates, core_state = core.update(
       updates, core_state, params, **extra_args, **{_STEP_SIZE_ARG: step_size}

@@ -26,6 +26,27 @@ def rounding_key(seed: Any, step: jax.Array, leaf_no: int, moment: int):
   return jax.random.fold_in(key, 2 * leaf_no + moment)
 
 
+def moment_keys(
+  rounding: str,
+  seed: Any,
+  step: jax.Array,
+  leaf_no: int,
+  dtype: Any,
+  stored: tuple[Any, Any],
+) -> tuple[jax.Array | None, jax.Array | None]:
+  """Keys for storing (mu, nu) of leaf ``leaf_no`` (its place in the params'
+  leaves) at ``step``: one where ``rounding="stochastic"`` and the stored
+  dtype is narrower than the param's ``dtype``, else None (a plain cast)."""
+  keys = []
+  for moment, stored_dtype in enumerate(stored):
+    narrower = jnp.dtype(stored_dtype).itemsize < jnp.dtype(dtype).itemsize
+    if rounding == "stochastic" and narrower:
+      keys.append(rounding_key(seed, step, leaf_no, moment))
+    else:
+      keys.append(None)
+  return tuple(keys)
+
+
 def store(x: jax.Array, dtype: Any, key: jax.Array | None) -> jax.Array:
   """``x`` in ``dtype``: rounded to nearest without a key, else stochastically.
 

@@ -29,6 +29,7 @@ from nanoadam_jax import _adam
 from nanoadam_jax import _checks
 from nanoadam_jax import _layout
 from nanoadam_jax import _mesh
+from nanoadam_jax import _rounding
 from nanoadam_jax import _selection
 from nanoadam_jax import _tree
 
@@ -56,7 +57,9 @@ class SparseConfig:
   select: str  # "smallest" | "largest" | "random"
   selection: str  # the bottom-k backend
   block_size: int | None  # None: the whole tensor is one row
-  mu_dtype: Any | None  # None: the param's dtype
+  mu_dtype: Any | None  # stored first moment; None: the param's dtype
+  nu_dtype: Any | None  # stored second moment; None: the param's dtype
+  rounding: str  # "stochastic" | "nearest": storing moments narrower
   seed: Any
   b1: Any
   b2: Any
@@ -127,8 +130,8 @@ class SparseLeaf:
   Its buffers (see :data:`Buffers`) are, for a layout of ``rows`` rows of
   ``k`` slots: ``indices`` shape=(k,), dtype=int32, ascending flat indices
   (blockwise: shape=(rows, k), block-local, int16 or int32); ``mu`` of the
-  same shape in ``config.mu_dtype`` (default: the param's dtype); ``nu`` in
-  the param's dtype. With a density schedule only the first ``k_t`` slots of
+  same shape in ``config.mu_dtype`` and ``config.nu_dtype`` (default: the
+  param's dtype). With a density schedule only the first ``k_t`` slots of
   each row are active; the rest are ignored.
   """
 
@@ -137,6 +140,7 @@ class SparseLeaf:
   shape: tuple[int, ...]  # the param's
   dtype: Any  # the param's: of the update and of nu
   leaf_no: int  # place among the sparse leaves; separates random draws
+  tree_no: int  # place among all the params' leaves; separates roundings
 
   @classmethod
   def build(
@@ -146,6 +150,7 @@ class SparseLeaf:
     shape: tuple[int, ...],
     dtype: Any,
     leaf_no: int,
+    tree_no: int,
   ) -> "SparseLeaf":
     """Lays out a non-empty leaf of ``shape``.
 
@@ -165,7 +170,7 @@ class SparseLeaf:
         "indices. Use granularity='block' (block-local indices), or "
         "exclude it."
       )
-    return cls(config, layout, tuple(shape), jnp.dtype(dtype), leaf_no)
+    return cls(config, layout, tuple(shape), jnp.dtype(dtype), leaf_no, tree_no)
 
   def init(self) -> Buffers:
     """Zero buffers. No selection yet: the first update always selects, and
@@ -174,7 +179,7 @@ class SparseLeaf:
     return (
       jnp.zeros(shape, self.layout.index_dtype),
       jnp.zeros(shape, self.config.mu_dtype or self.dtype),
-      jnp.zeros(shape, self.dtype),
+      jnp.zeros(shape, self.config.nu_dtype or self.dtype),
     )
 
   def active_count(self, step: jax.Array) -> jax.Array:
@@ -303,8 +308,16 @@ class SparseLeaf:
       scatter_mode = "drop"
     sorted_unique = dict(indices_are_sorted=True, unique_indices=True)
     decays = config.decays
+    keys = _rounding.moment_keys(
+      config.rounding,
+      config.seed,
+      step,
+      self.tree_no,
+      self.dtype,
+      (buffers[1].dtype, buffers[2].dtype),
+    )
 
-    def row(grad, param, indices, mu, nu, active):
+    def row(grad, param, indices, mu, nu, active, keys):
       where = indices.astype(jnp.int32)
       if active is not None:
         # Inactive slots point past the row, unique and ascending: gathers
@@ -319,6 +332,8 @@ class SparseLeaf:
         param.at[where].get(**gather, **sorted_unique) if decays else None,
         bias_count,
         **config.adam,
+        dtype=self.dtype,
+        keys=keys,
       )
       dense = _adam.zeros_after(selected_grad, grad.shape, self.dtype)
       dense = dense.at[where].set(
@@ -328,11 +343,17 @@ class SparseLeaf:
       )
       return dense, mu, nu
 
+    if layout.blockwise:  # one key per block
+      keys = tuple(
+        None if key is None else jax.random.split(key, layout.rows)
+        for key in keys
+      )
     dense, mu, nu = _layout.per_row(row, layout, broadcast=(5,))(
       _layout.to_rows(_mesh.unsharded(grad), layout),
       _layout.to_rows(_mesh.unsharded(param), layout),
       *map(_mesh.unsharded, buffers),
       active,
+      keys,
     )
     dense = _layout.from_rows(dense, layout, self.shape)
     return (

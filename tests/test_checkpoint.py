@@ -32,6 +32,17 @@ CONFIGS = {
     density_interval=3,
   ),
   "bfloat16_mu": dict(density=0.2, mask_interval=5, mu_dtype=jnp.bfloat16),
+  # 16-bit moments with stochastic rounding: the random bits come from the
+  # seed and the step, so a resumed run draws the same ones.
+  "bfloat16_moments_stochastic": dict(
+    density=0.25,
+    mask_interval=5,
+    granularity="block",
+    block_size=16,
+    mu_dtype=jnp.bfloat16,
+    nu_dtype=jnp.bfloat16,
+    seed=11,
+  ),
   # (blocks, k) buffers with int16 block-local indices.
   "block": dict(
     density=0.25, mask_interval=5, granularity="block", block_size=16

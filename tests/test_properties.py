@@ -87,6 +87,8 @@ def configs(draw):
     "moments": draw(st.sampled_from(na.MOMENTS)),
     "select": draw(st.sampled_from(na.SELECT_RULES)),
     "mu_dtype": draw(st.sampled_from((None, jnp.float32, jnp.bfloat16))),
+    "nu_dtype": draw(st.sampled_from((None, jnp.float32, jnp.bfloat16))),
+    "rounding": draw(st.sampled_from(("stochastic", "nearest"))),
     "schedule": None,
   }
   if draw(st.booleans()):
@@ -102,7 +104,15 @@ def configs(draw):
 def make_tx(config):
   options = {
     key: config[key]
-    for key in ("density", "mask_interval", "moments", "select", "mu_dtype")
+    for key in (
+      "density",
+      "mask_interval",
+      "moments",
+      "select",
+      "mu_dtype",
+      "nu_dtype",
+      "rounding",
+    )
   }
   if config["schedule"] is not None:
     interval, cut, high, low = config["schedule"]
@@ -134,7 +144,7 @@ def check_state_layout(state, params, config):
     k = buffer_size(config["density"], param.size)
     check_buffer(nano.indices[name], k, jnp.int32, name)
     check_buffer(nano.mu[name], k, config["mu_dtype"] or param.dtype, name)
-    check_buffer(nano.nu[name], k, param.dtype, name)
+    check_buffer(nano.nu[name], k, config["nu_dtype"] or param.dtype, name)
 
 
 @PROPERTY_SETTINGS

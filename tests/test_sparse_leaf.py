@@ -19,6 +19,8 @@ def make_config(**overrides) -> _sparse_leaf.SparseConfig:
     selection="auto",
     block_size=None,
     mu_dtype=None,
+    nu_dtype=None,
+    rounding="stochastic",
     seed=0,
     b1=0.9,
     b2=0.999,
@@ -32,7 +34,7 @@ def make_config(**overrides) -> _sparse_leaf.SparseConfig:
 
 def make_leaf(shape, **overrides) -> _sparse_leaf.SparseLeaf:
   config = make_config(**overrides)
-  return _sparse_leaf.SparseLeaf.build(config, "w", shape, jnp.float32, 0)
+  return _sparse_leaf.SparseLeaf.build(config, "w", shape, jnp.float32, 0, 0)
 
 
 def f32(values):
@@ -164,8 +166,10 @@ def test_selection_timing_and_bias_count():
 def test_build_refuses_flat_indices_beyond_int32():
   config = make_config(density=0.1)
   with pytest.raises(ValueError, match="'big'.*granularity='block'"):
-    _sparse_leaf.SparseLeaf.build(config, "big", (2**31,), jnp.float32, 0)
+    _sparse_leaf.SparseLeaf.build(config, "big", (2**31,), jnp.float32, 0, 0)
   blocks = make_config(density=0.1, block_size=2**20)
-  leaf = _sparse_leaf.SparseLeaf.build(blocks, "big", (2**31,), jnp.float32, 0)
+  leaf = _sparse_leaf.SparseLeaf.build(
+    blocks, "big", (2**31,), jnp.float32, 0, 0
+  )
   # 2**11 blocks of ceil(0.1 * 2**20) = ceil(104857.6) block-local slots.
   assert leaf.layout.buffer_shape == (2**11, 104_858)
