@@ -217,13 +217,14 @@ def scale_by_nanoadam(
       (the fastest exact one for the platform, ``"radix"``), ``"top_k"``
       (the reference), ``"radix"``, or ``"approx"`` (``approx_min_k``, not
       exact). Every exact backend selects the same entries.
-    granularity: ``"tensor"`` (the paper's method: the ``k`` smallest of the
-      whole tensor) or ``"block"``: the flattened tensor is cut into
-      contiguous blocks of ``block_size`` entries (the last one may be
-      shorter) and each block selects ``max(1, ceil(density * block_size))``
-      of its own. Block-local indices take int16 for blocks of at most 32768
-      entries, work for tensors beyond 2**31 entries, and keep selection on
-      the device that holds the block when params are sharded.
+    granularity: ``"tensor"`` (the paper's Algorithm 1: the ``k`` smallest
+      of the whole tensor) or ``"block"`` (what the paper's implementation
+      does, per its appendix): the flattened tensor is cut into contiguous
+      blocks of ``block_size`` entries (the last one may be shorter) and
+      each block selects ``max(1, ceil(density * block_size))`` of its own.
+      Block-local indices take int16 for blocks of at most 32768 entries,
+      work for tensors beyond 2**31 entries, and keep selection on the
+      device that holds the block when params are sharded.
     block_size: entries per block; required with ``granularity="block"``.
 
   Returns:
@@ -466,8 +467,9 @@ def nanoadam(
       stored narrower than the param.
     seed: seed of the ``"random"`` ablation and of stochastic rounding.
     selection: the bottom-k backend; ``"auto"`` picks the fastest exact one.
-    granularity: ``"tensor"`` (the method) or ``"block"`` (per contiguous
-      block of ``block_size`` entries).
+    granularity: ``"tensor"`` (the paper's Algorithm 1) or ``"block"`` (per
+      contiguous block of ``block_size`` entries, as the paper's
+      implementation selects).
     block_size: entries per block, with ``granularity="block"``.
 
   Returns:
