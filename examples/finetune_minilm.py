@@ -145,6 +145,24 @@ def glue_recipe(schedule, cfg, seed):
   )
 
 
+def glue_recipe_16bit(schedule, cfg, seed):
+  """The paper's whole recipe: its GLUE density decay, chunked selection
+  with int16 indices and bfloat16 moments (6 bytes per selected entry)."""
+  decay = optax.linear_schedule(0.1, 0.04, cfg.steps)
+  return na.nanoadam(
+    schedule,
+    0.1,
+    cfg.mask_interval,
+    density_schedule=decay,
+    density_interval=cfg.mask_interval,
+    exclude="norm|head",
+    granularity="block",
+    block_size=cfg.block_size,
+    mu_dtype=jnp.bfloat16,
+    nu_dtype=jnp.bfloat16,
+  )
+
+
 def adamw(schedule, cfg, seed):
   return optax.adamw(schedule, weight_decay=0.01)
 
@@ -152,6 +170,9 @@ def adamw(schedule, cfg, seed):
 METHODS = (
   Method("AdamW", adamw, "adamw_lrs"),
   Method("NanoAdam (paper's GLUE recipe)", glue_recipe, "nano_lrs"),
+  Method(
+    "NanoAdam 16-bit block (paper's recipe)", glue_recipe_16bit, "nano_lrs"
+  ),
   Method("NanoAdam d=0.1", nano(0.1), "variant_lrs"),
   Method("NanoAdam d=0.01", nano(0.01), "variant_lrs"),
   Method("NanoAdam d=0.1 block", nano(granularity="block"), "variant_lrs"),
@@ -444,12 +465,14 @@ def small_over_large(w: np.ndarray, g: np.ndarray) -> float:
   return float(g[small].mean() / g[large].mean())
 
 
-def run(cfg: Config, methods: list[Method], demo_lrs=None):
+def run(cfg: Config, methods: list[Method], fixed_lrs: dict[str, float]):
   task = Task()
   data = Data(task, cfg)
   runner = Runner(task, data, cfg)
   grids = {
-    m.name: (demo_lrs[m.name],) if demo_lrs else getattr(cfg, m.grid)
+    m.name: (fixed_lrs[m.name],)
+    if m.name in fixed_lrs
+    else getattr(cfg, m.grid)
     for m in methods
   }
   # 1. Each method's rate, on the validation split with seed 0.
@@ -735,6 +758,13 @@ def main():
   parser.add_argument("--seeds", type=int, help="override the seed count")
   parser.add_argument("--steps", type=int, help="override the step count")
   parser.add_argument("--methods", help="comma-separated method names")
+  parser.add_argument(
+    "--lr",
+    action="append",
+    default=[],
+    metavar="METHOD=RATE",
+    help="run METHOD at RATE only, instead of sweeping its grid",
+  )
   args = parser.parse_args()
   cfg = QUICK if args.quick else DEMO if args.demo else Config()
   if args.seeds:
@@ -747,13 +777,17 @@ def main():
   methods = [m for m in METHODS if m.name in names]
   if "AdamW" not in names or len(methods) != len(names):
     parser.error(f"--methods must include AdamW and name only {METHODS}")
+  fixed_lrs = dict(DEMO_LRS) if args.demo else {}
+  for item in args.lr:
+    name, _, rate = item.rpartition("=")
+    if name not in names:
+      parser.error(f"--lr names {name!r}, which is not among the methods")
+    fixed_lrs[name] = float(rate)
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
 
   begin = time.perf_counter()
-  sweep, chosen, final, costs, pairs = run(
-    cfg, methods, DEMO_LRS if args.demo else None
-  )
+  sweep, chosen, final, costs, pairs = run(cfg, methods, fixed_lrs)
   secs = time.perf_counter() - begin
   # The raw numbers first, so that a long study is never lost to the report.
   raw = {"sweep": sweep, "chosen": chosen, "final": final, "costs": costs}
