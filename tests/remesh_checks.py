@@ -145,6 +145,12 @@ def assert_same_run(resumed, expected, rtol=1e-5, atol=2e-7):
       np.testing.assert_allclose(a, b, rtol=rtol, atol=atol)
 
 
+def assert_split(array, devices):
+  """``array`` lies in ``devices`` equal shards, one per device."""
+  sizes = [shard.data.size for shard in array.addressable_shards]
+  assert sizes == [array.size // devices] * devices, (sizes, array.sharding)
+
+
 def assert_reselected_after_restore(restored, resumed):
   """The re-selection at step 10 changed the selection the run restored."""
   before = jax.tree.leaves(restored.indices)
@@ -170,8 +176,7 @@ def save_optax(name, directory):
     params, state = train(step, params, state, grads, shardings)
   assert_shardings(state, state_shardings)
   # Each of the 8 devices holds an eighth of the encoder's buffers.
-  mu = state[0].mu["encoder"]
-  assert {s.data.size for s in mu.addressable_shards} == {mu.size // 8}
+  assert_split(state[0].mu["encoder"], SAVE_DEVICES)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(directory, {"params": params, "opt_state": state})
     checkpointer.wait_until_finished()
@@ -194,6 +199,7 @@ def resume_optax(name, directory, devices):
   params, state = restored["params"], restored["opt_state"]
   assert_shardings(params, shardings)
   assert_shardings(state, state_shardings)
+  assert_split(state[0].indices["encoder"], devices)
 
   # The uninterrupted run: one device, no shardings.
   start = make_params()
@@ -245,8 +251,7 @@ def save_nnx(_, directory):
   with jax.set_mesh(mesh):
     model, optimizer = create_nnx(0, mesh)
     nnx_train(model, optimizer, STOP)
-  mu = optimizer.opt_state[0].mu["up"]["kernel"].get_value()
-  assert mu.sharding.spec == P(("data", "model")), mu.sharding
+  assert_split(optimizer.opt_state[0].mu["up"]["kernel"].get_value(), 8)
   with ocp.StandardCheckpointer() as checkpointer:
     checkpointer.save(directory, nnx.state((model, optimizer)))
     checkpointer.wait_until_finished()
@@ -270,6 +275,7 @@ def resume_nnx(_, directory, devices):
     shardings = jax.tree.map(lambda x: x.sharding, target)
     assert_shardings(nnx.state((model, optimizer)), shardings)
     assert int(optimizer.step[...]) == STOP
+    assert_split(optimizer.opt_state[0].mu["up"]["kernel"].get_value(), devices)
     state = jax.tree.map(np.asarray, nnx.as_pure(optimizer.opt_state[0]))
     nnx_train(model, optimizer, TOTAL - STOP)
   resumed = nnx.as_pure(nnx.state((model, optimizer)))

@@ -1,10 +1,10 @@
 """A checkpoint saved on a 2x4 mesh resumes on 4 devices and on 1.
 
-Sparse and 8-bit optimizers keep state shaped unlike the params, and
-elsewhere it is a known pain that such state cannot be restored when the
-device count changes (bitsandbytes' FSDP issue #89, say). Here a run on 8
-host devices saves params and NanoAdam's state at step 7; fresh processes
-with 4 devices and with 1 restore it with Orbax, onto shardings that
+Sparse and 8-bit optimizers keep state shaped unlike the params, and that
+is where sharded checkpoints break elsewhere (bitsandbytes issue #89: under
+FSDP, 8-bit Adam's state cannot be gathered into a state dict). Here a run on
+8 host devices saves params and NanoAdam's state at step 7; fresh processes
+with 4 devices and with 1 restore it with Orbax, onto the shardings that
 ``na.state_shardings`` gives for their own mesh, and train on to step 15,
 across the re-selection at step 10. Each must match an uninterrupted
 single-device run: identical selections, the rest to float32 rounding. The
