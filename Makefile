@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The oldest supported releases, pinned in constraints-floors.txt.
+FLOORS := .venv-floors
+FLOORS_STAMP := $(FLOORS)/.installed
 
-.PHONY: demo demo-digits test lint format bench install clean
+.PHONY: demo demo-digits test test-floors lint format bench install clean
 
 # Demo outputs go here, outside the tracked files.
 DEMO_OUT := demo-results
@@ -35,6 +38,19 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+# A separate venv with exactly the floor versions of the dependencies,
+# rebuilt whenever the pins or the project's metadata change.
+$(FLOORS_STAMP): pyproject.toml constraints-floors.txt
+	rm -rf $(FLOORS)
+	$(PYTHON) -m venv $(FLOORS)
+	$(FLOORS)/bin/pip install --upgrade pip
+	$(FLOORS)/bin/pip install -c constraints-floors.txt -e ".[test]"
+	touch $(FLOORS_STAMP)
+
+test-floors: $(FLOORS_STAMP)
+	$(FLOORS)/bin/pip freeze | grep -iE '^(jax|jaxlib|flax|optax|chex|orbax-checkpoint)=='
+	$(FLOORS)/bin/python -m pytest
+
 format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
@@ -43,4 +59,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache $(DEMO_OUT)
+	rm -rf $(VENV) $(FLOORS) build *.egg-info .pytest_cache .ruff_cache $(DEMO_OUT)

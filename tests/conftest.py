@@ -1,5 +1,11 @@
 """Shared fixtures: strict dtype promotion everywhere, small parameter trees."""
 
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,3 +52,30 @@ def optax_reference():
   """Optax's own optimizers are not strict-promotion clean (``b1 ** count``
   mixes a Python float with int32), so references run under standard rules."""
   return jax.numpy_dtype_promotion("standard")
+
+
+def run_checks_script(script: pathlib.Path, *args: str) -> dict:
+  """Runs a checks script of tests/ in a fresh interpreter; its JSON report.
+
+  The host platform splits into several CPU devices only when ``XLA_FLAGS``
+  says so before JAX starts, which this process, where JAX already runs,
+  cannot do; the script sets the flag itself. Its first argument is the path
+  of the JSON report it writes.
+  """
+  out = pathlib.Path(args[0])
+  repo_root = pathlib.Path(__file__).resolve().parent.parent
+  env = dict(os.environ)
+  env["PYTHONPATH"] = os.pathsep.join(
+    [str(repo_root), env.get("PYTHONPATH", "")]
+  )
+  env["JAX_PLATFORMS"] = "cpu"
+  completed = subprocess.run(
+    [sys.executable, str(script), *args],
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  assert completed.returncode == 0, completed.stderr[-4000:]
+  return json.loads(out.read_text())

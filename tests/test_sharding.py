@@ -6,11 +6,7 @@ subprocess, because the host platform splits into 8 devices only when
 ``XLA_FLAGS`` says so before JAX is imported.
 """
 
-import json
-import os
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 import nanoadam_jax as na
 from nanoadam_jax._nanoadam import ScaleByNanoAdamState
 from tests.conftest import optax_reference
+from tests.conftest import run_checks_script
 
 MESH = AbstractMesh((2, 4), ("data", "model"))
 CHECKS = pathlib.Path(__file__).with_name("sharded_checks.py")
@@ -216,22 +213,7 @@ def test_annotate_optimizer_sharding_on_one_device():
 def sharded_results(tmp_path_factory):
   """Runs tests/sharded_checks.py once on 8 host devices."""
   out = tmp_path_factory.mktemp("sharded") / "results.json"
-  package_root = pathlib.Path(na.__file__).resolve().parent.parent
-  env = dict(os.environ)
-  env["PYTHONPATH"] = os.pathsep.join(
-    [str(package_root), env.get("PYTHONPATH", "")]
-  )
-  env["JAX_PLATFORMS"] = "cpu"  # the script asks for 8 host devices itself
-  completed = subprocess.run(
-    [sys.executable, str(CHECKS), str(out)],
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
-  assert completed.returncode == 0, completed.stderr[-4000:]
-  results = json.loads(out.read_text())
+  results = run_checks_script(CHECKS, str(out))
   assert results["devices"] == 8
   return results["results"]
 
