@@ -308,7 +308,10 @@ def scale_by_nanoadam(
         "`tx.update(grads, state, params)`."
       )
     plans, param_leaves, treedef = _plan(params, is_excluded, config)
-    grads = _flatten_like(treedef, updates, "gradient")
+    grads = [
+      _tree.as_array(grad)
+      for grad in _flatten_like(treedef, updates, "gradient")
+    ]
     buffers = list(
       zip(
         _flatten_like(treedef, state.indices, "state.indices"),

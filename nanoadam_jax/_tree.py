@@ -115,6 +115,23 @@ def buffer_size(density: float, n: int) -> int:
   return max(1, min(n, ceil_count(density, n)))
 
 
+def as_array(leaf: Any) -> Any:
+  """A NumPy array or a Python number as a JAX array; anything else as is.
+
+  Optax accepts both as params and gradients. A Python number becomes a 0-d
+  array of JAX's default dtype for its kind (``1.5``: float32, or float64
+  with ``jax_enable_x64``), not a weakly typed one. JAX arrays, tracers and
+  ``jax.ShapeDtypeStruct`` leaves pass through.
+  """
+  if isinstance(leaf, bool | int | float | complex):
+    return jnp.asarray(
+      leaf, jax.dtypes.canonicalize_dtype(np.result_type(type(leaf)))
+    )
+  if isinstance(leaf, np.ndarray | np.generic):
+    return jnp.asarray(leaf)
+  return leaf
+
+
 def is_trainable_dtype(dtype: Any) -> bool:
   return jnp.issubdtype(dtype, jnp.floating)
 
@@ -124,13 +141,16 @@ def route_leaves(
 ) -> tuple[list[str], list[Any], Any, list[bool]]:
   """Decides, per leaf, whether it is trained sparsely.
 
-  Returns the paths, leaves, treedef, and a list of booleans (True: sparse).
+  Returns the paths, the leaves (NumPy arrays and Python numbers made JAX
+  arrays, see :func:`as_array`), the treedef, and a list of booleans (True:
+  sparse).
 
   Raises:
     TypeError: a leaf is not an array, or is not excluded and has an integer
       or boolean dtype.
   """
   paths, leaves, treedef = leaf_paths(params)
+  leaves = [as_array(leaf) for leaf in leaves]
   sparse = []
   for path, leaf in zip(paths, leaves, strict=True):
     if not hasattr(leaf, "shape") or not hasattr(leaf, "dtype"):

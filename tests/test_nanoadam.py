@@ -499,3 +499,38 @@ def test_absent_state_is_masked_not_zero_size():
   assert all(leaf.size > 0 for leaf in jax.tree.leaves(state))
   assert isinstance(state.mu["head"], optax.MaskedNode)
   assert isinstance(state.indices["w"], jax.Array)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_numpy_params_and_gradients_work_outside_jit(weight_decay):
+  """Optax accepts NumPy arrays as params and gradients; so must we."""
+  params = {"w": np.linspace(-1, 1, 10, dtype=np.float32)}
+  grads = {"w": np.linspace(1, 2, 10, dtype=np.float32)}
+  tx = na.nanoadam(1e-2, 0.2, weight_decay=weight_decay)
+  updates, state = tx.update(grads, tx.init(params), params)
+  as_jax = lambda tree: jax.tree.map(jnp.asarray, tree)
+  expected, expected_state = tx.update(
+    as_jax(grads), tx.init(as_jax(params)), as_jax(params)
+  )
+  assert isinstance(updates["w"], jax.Array)
+  np.testing.assert_array_equal(updates["w"], expected["w"])
+  chex.assert_trees_all_equal(state, expected_state)
+  assert int((updates["w"] != 0).sum()) == 2
+
+
+def test_python_float_leaves_are_float_scalars():
+  """A Python float leaf is a 0-d array of the default float dtype, as in
+  optax.adamw (which accepts it)."""
+  params = {"c": 1.5, "w": jnp.linspace(-1.0, 1.0, 4)}
+  grads = {"c": 0.5, "w": jnp.ones(4)}
+  tx = na.nanoadam(1e-2, 1.0)
+  state = tx.init(params)
+  # A sparse scalar keeps a (1,) buffer, in the default float dtype.
+  assert state[0].mu["c"].dtype == jnp.float32
+  updates, _ = tx.update(grads, state, params)
+  reference = optax.adamw(1e-2, weight_decay=0.0)
+  with optax_reference():
+    expected, _ = reference.update(grads, reference.init(params), params)
+  assert updates["c"].dtype == jnp.float32 and updates["c"].shape == ()
+  np.testing.assert_allclose(updates["c"], expected["c"], rtol=1e-6)
+  np.testing.assert_allclose(updates["w"], expected["w"], rtol=1e-6)

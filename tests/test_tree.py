@@ -4,6 +4,7 @@ import re
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -103,3 +104,13 @@ def test_package_ships_py_typed():
 
   marker = importlib.resources.files("nanoadam_jax") / "py.typed"
   assert marker.is_file()
+
+
+def test_route_leaves_makes_numpy_and_python_numbers_jax_arrays():
+  params = {"a": np.ones(3, np.float32), "c": 1.5, "n": 2}
+  _, leaves, _, sparse = _tree.route_leaves(params, _tree.compile_exclude("n"))
+  assert all(isinstance(leaf, jax.Array) for leaf in leaves)
+  a, c, n = leaves
+  assert a.dtype == jnp.float32 and c.dtype == jnp.float32 and c.shape == ()
+  assert not c.weak_type and n.dtype == jnp.int32
+  assert sparse == [True, True, False]
