@@ -366,7 +366,7 @@ def scale_by_nanoadam(
         )
         update = _adam.scaled(direction, step_size, plan.dtype)
       else:  # frozen (an excluded non-float leaf) or empty
-        update = jnp.zeros(plan.shape, plan.dtype)
+        update = _adam.zeros(plan.shape, plan.dtype, _adam.zero_sign(step_size))
       out.append(update)
       new_buffers.append((indices, mu, nu))
     return treedef.unflatten(out), _state(dense_count, treedef, new_buffers)

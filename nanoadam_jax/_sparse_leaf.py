@@ -274,7 +274,9 @@ class SparseLeaf:
     bias_count: jax.Array,
     step_size: jax.Array | None,
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Adam on the selected entries; an update of exactly zero elsewhere.
+    """Adam on the selected entries; an update of exactly zero elsewhere
+    (``-0.0`` with a ``step_size``, so that every bit of an unselected param
+    survives ``optax.apply_updates``; see :func:`_adam.zero_sign`).
 
     Args:
       grad: the leaf's gradient, of ``shape``.
@@ -320,7 +322,9 @@ class SparseLeaf:
         bias_count,
         **config.adam,
       )
-      dense = _adam.zeros_after(selected_grad, grad.shape, self.dtype)
+      dense = _adam.zeros_after(
+        selected_grad, grad.shape, self.dtype, _adam.zero_sign(step_size)
+      )
       dense = dense.at[where].set(
         _adam.scaled(direction, step_size, self.dtype),
         mode=scatter_mode,

@@ -534,3 +534,36 @@ def test_python_float_leaves_are_float_scalars():
   assert updates["c"].dtype == jnp.float32 and updates["c"].shape == ()
   np.testing.assert_allclose(updates["c"], expected["c"], rtol=1e-6)
   np.testing.assert_allclose(updates["w"], expected["w"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_unselected_negative_zeros_keep_their_sign(fused):
+  """Frozen bit for bit holds for -0.0 too: an unselected -0.0 weight is not
+  turned into +0.0 by optax.apply_updates, nor is an excluded integer leaf or
+  +0.0 changed. ``fused=False`` is the documented chain of
+  scale_by_nanoadam and optax.scale_by_learning_rate."""
+  # Ties go to the lower index: the +0.0 entries are selected, the -0.0 not.
+  w = np.array([0.0] * 3 + [-0.0] * 6 + [-0.5, 0.25, 2.0], np.float32)
+  params = {"w": jnp.asarray(w), "step": jnp.asarray(3, jnp.int32)}
+  options = dict(density=0.25, mask_interval=100, exclude="step")
+  if fused:
+    tx = na.nanoadam(0.1, **options)
+  else:
+    tx = optax.chain(
+      na.scale_by_nanoadam(**options), optax.scale_by_learning_rate(0.1)
+    )
+  state = tx.init(params)
+  grads = {"w": jnp.linspace(-1.0, 1.0, 12), "step": jnp.asarray(0, jnp.int32)}
+  moved = np.zeros(12, bool)
+  for _ in range(4):
+    mask = na.selection_mask(state, params)
+    with jax.numpy_dtype_promotion("standard"):  # the int leaf times lr
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+    moved |= np.asarray(na.selection_mask(state, params)["w"])
+    moved |= np.asarray(mask["w"])
+  assert 0 < moved.sum() < 12 and np.signbit(w[~moved]).sum() >= 3
+  np.testing.assert_array_equal(
+    np.asarray(params["w"])[~moved].view(np.uint32), w[~moved].view(np.uint32)
+  )
+  assert int(params["step"]) == 3
