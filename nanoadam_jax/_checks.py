@@ -1,6 +1,8 @@
 """Construction-time checks of NanoAdam's hyperparameters."""
 
 from typing import Any
+from typing import Literal
+from typing import get_args
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +10,12 @@ import numpy as np
 
 from nanoadam_jax import _layout
 
-MOMENTS = ("remap", "reset")
-SELECT_RULES = ("smallest", "largest", "random")
+# What a re-selection does to the moments.
+Moments = Literal["remap", "reset"]
+MOMENTS: tuple[str, ...] = get_args(Moments)
+# Which entries are selected: the method and its two ablations.
+Select = Literal["smallest", "largest", "random"]
+SELECT_RULES: tuple[str, ...] = get_args(Select)
 
 
 def concrete_float(value: Any, name: str = "value") -> float | None:

@@ -16,6 +16,7 @@ import optax
 
 from nanoadam_jax import _adam
 from nanoadam_jax import _checks
+from nanoadam_jax import _layout
 from nanoadam_jax import _selection
 from nanoadam_jax import _sparse_leaf
 from nanoadam_jax import _tree
@@ -128,13 +129,13 @@ def scale_by_nanoadam(
   weight_decay: float = 0.0,
   density_schedule: Callable[[jax.Array], Any] | None = None,
   density_interval: int | None = None,
-  moments: str = "remap",
-  select: str = "smallest",
+  moments: _checks.Moments = "remap",
+  select: _checks.Select = "smallest",
   exclude: _tree.Exclude = None,
   mu_dtype: Any | None = None,
   seed: int = 0,
-  selection: str = "auto",
-  granularity: str = "tensor",
+  selection: _selection.Selection = "auto",
+  granularity: _layout.Granularity = "tensor",
   block_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by Adam on each tensor's smallest-magnitude entries.
@@ -386,13 +387,13 @@ def nanoadam(
   weight_decay: float = 0.0,
   density_schedule: Callable[[jax.Array], Any] | None = None,
   density_interval: int | None = None,
-  moments: str = "remap",
-  select: str = "smallest",
+  moments: _checks.Moments = "remap",
+  select: _checks.Select = "smallest",
   exclude: _tree.Exclude = None,
   mu_dtype: Any | None = None,
   seed: int = 0,
-  selection: str = "auto",
-  granularity: str = "tensor",
+  selection: _selection.Selection = "auto",
+  granularity: _layout.Granularity = "tensor",
   block_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NanoAdam: AdamW on each tensor's smallest-magnitude entries only.

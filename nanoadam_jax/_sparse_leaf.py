@@ -52,9 +52,9 @@ class SparseConfig:
   mask_interval: int
   density_schedule: Callable[[jax.Array], Any] | None
   density_interval: int | None  # set when density_schedule is
-  moments: str  # "remap" | "reset"
-  select: str  # "smallest" | "largest" | "random"
-  selection: str  # the bottom-k backend
+  moments: _checks.Moments
+  select: _checks.Select
+  selection: _selection.Selection  # the bottom-k backend
   block_size: int | None  # None: the whole tensor is one row
   mu_dtype: Any | None  # None: the param's dtype
   seed: Any

@@ -1,5 +1,7 @@
 """NanoAdam's arithmetic against independent references."""
 
+import typing
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -567,3 +569,17 @@ def test_unselected_negative_zeros_keep_their_sign(fused):
     np.asarray(params["w"])[~moved].view(np.uint32), w[~moved].view(np.uint32)
   )
   assert int(params["step"]) == 3
+
+
+@pytest.mark.parametrize("factory", [na.nanoadam, na.scale_by_nanoadam])
+def test_string_options_are_literal_types(factory):
+  """Type checkers and IDEs see the accepted strings of each option."""
+  hints = typing.get_type_hints(factory)
+  for name, accepted in (
+    ("moments", na.MOMENTS),
+    ("select", na.SELECT_RULES),
+    ("selection", na.SELECTION_BACKENDS),
+    ("granularity", na.GRANULARITIES),
+  ):
+    assert typing.get_origin(hints[name]) is typing.Literal, name
+    assert typing.get_args(hints[name]) == accepted, name
