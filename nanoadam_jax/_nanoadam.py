@@ -411,7 +411,10 @@ def nanoadam(
 
   and zero elsewhere; see :func:`scale_by_nanoadam` for the moments, the
   re-selection and the options. With ``density=1.0`` it equals
-  ``optax.adamw`` with the same hyperparameters.
+  ``optax.adamw`` given the same hyperparameters, weight decay included:
+  Optax's default ``weight_decay`` is ``1e-4`` and NanoAdam's ``0``, so
+  ``nanoadam(lr, 1.0)`` equals ``optax.adamw(lr, weight_decay=0.0)`` (see
+  the second example).
 
   It computes ``optax.chain(scale_by_nanoadam(...),
   optax.scale_by_learning_rate(learning_rate))`` and has that chain's state,
@@ -461,6 +464,16 @@ def nanoadam(
     ...   params = optax.apply_updates(params, updates)
     >>> int(jnp.sum(params["w"] != jnp.linspace(-1.0, 1.0, 10)))
     2
+
+    At density 1 it is AdamW; Optax's default decay is 1e-4, NanoAdam's 0:
+
+    >>> def first_update(tx):
+    ...   return tx.update(grads, tx.init(params), params)[0]["w"]
+    >>> ours = first_update(na.nanoadam(1e-2, 1.0))
+    >>> same = first_update(optax.adamw(1e-2, weight_decay=0.0))
+    >>> decayed = first_update(optax.adamw(1e-2))  # weight_decay=1e-4
+    >>> bool(jnp.allclose(ours, same)), bool(jnp.any(ours != decayed))
+    (True, True)
 
   References:
     Zhou, Jacobs, Gadhikar, Burkholz, `Pay Attention to Small Weights

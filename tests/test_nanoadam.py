@@ -583,3 +583,17 @@ def test_string_options_are_literal_types(factory):
   ):
     assert typing.get_origin(hints[name]) is typing.Literal, name
     assert typing.get_args(hints[name]) == accepted, name
+
+
+def test_defaults_at_density_one_equal_adamw_without_decay(tree_params):
+  """What the docstring promises: nanoadam(lr, 1.0) is optax.adamw(lr,
+  weight_decay=0.0); Optax's default decay (1e-4) is not ours (0)."""
+  grads = random_grads(tree_params, 3)
+  _, ours, _ = run_jax(na.nanoadam(1e-2, 1.0), tree_params, grads)
+  with optax_reference():
+    _, same, _ = run_jax(
+      optax.adamw(1e-2, weight_decay=0.0), tree_params, grads
+    )
+    _, decayed, _ = run_jax(optax.adamw(1e-2), tree_params, grads)
+  chex.assert_trees_all_close(ours, same, rtol=1e-5, atol=1e-8)
+  assert not np.allclose(ours[-1]["conv"], decayed[-1]["conv"], 1e-7, 0)
