@@ -99,6 +99,50 @@ def _flatten_like(treedef: Any, tree: Any, what: str) -> list[Any]:
     ) from error
 
 
+def _check_buffers(plan: _LeafPlan, buffers: tuple[Any, Any, Any]) -> None:
+  """Raises unless one leaf's (indices, mu, nu) fit what ``plan`` keeps.
+
+  A state restored from a checkpoint written with another ``density``,
+  ``exclude``, ``granularity`` or ``block_size`` has buffers of other sizes
+  (or none); say so, naming the leaf, before anything broadcasts.
+  """
+  index_dtype = None
+  if plan.sparse is not None:
+    kept = (plan.sparse.layout.buffer_shape,) * 3
+    index_dtype = plan.sparse.layout.index_dtype
+    role = "it trains the leaf sparsely"
+  elif plan.dense:
+    kept, role = (None, plan.shape, plan.shape), "it trains the leaf densely"
+  else:
+    kept, role = (None, None, None), "the leaf is frozen or empty"
+  hint = (
+    "was the state built with another density, exclude, granularity or "
+    "block_size (or for other params)?"
+  )
+  fields = ("indices", "mu", "nu")
+  for field, buffer, shape in zip(fields, buffers, kept, strict=True):
+    name = f"state.{field} for {plan.path!r}"
+    absent = isinstance(buffer, optax.MaskedNode)
+    got = None if absent else tuple(getattr(buffer, "shape", ()))
+    if absent and shape is None:
+      continue
+    if absent or shape is None:
+      raise ValueError(
+        f"{name} is {'empty' if absent else f'of shape {got}'} but this "
+        f"optimizer keeps {shape or 'none'} ({role}): {hint}"
+      )
+    if got != shape:
+      raise ValueError(
+        f"{name} has shape {got} but this optimizer keeps {shape}: {hint}"
+      )
+    dtype = jnp.dtype(buffer.dtype)
+    if field == "indices" and index_dtype is not None and dtype != index_dtype:
+      raise ValueError(
+        f"{name} has dtype {dtype.name} but this optimizer keeps "
+        f"{index_dtype.name}: {hint}"
+      )
+
+
 def _state(
   count: jax.Array, treedef: Any, buffers: list[tuple[Any, Any, Any]]
 ) -> ScaleByNanoAdamState:
@@ -321,12 +365,13 @@ def scale_by_nanoadam(
         strict=True,
       )
     )
-    for plan, grad in zip(plans, grads, strict=True):
+    for plan, grad, leaf_buffers in zip(plans, grads, buffers, strict=True):
       if tuple(grad.shape) != plan.shape:
         raise ValueError(
           f"Gradient of {plan.path!r} has shape {tuple(grad.shape)}, but "
           f"the param has shape {plan.shape}."
         )
+      _check_buffers(plan, leaf_buffers)
 
     # 1. Re-select, every mask_interval (or density_interval) steps.
     step = state.count

@@ -192,6 +192,11 @@ class SparseLeaf:
       return jnp.asarray(layout.k, jnp.int32)
     read_at = step - step % config.density_interval
     fraction = jnp.asarray(config.density_schedule(read_at), jnp.float32)
+    if fraction.shape != ():
+      raise ValueError(
+        "`density_schedule` must return a scalar (shape ()), one fraction "
+        f"for every tensor, got shape {fraction.shape}."
+      )
     # Above ``density`` is clipped to it; NaN counts as 0 (one entry).
     fraction = jnp.minimum(jnp.nan_to_num(fraction, nan=0.0), config.density)
     wanted = _tree.ceil_count(fraction, layout.row_size)

@@ -1,5 +1,7 @@
 """Every bad input of SPEC.md raises early, naming the argument or the leaf."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -139,3 +141,64 @@ def test_intervals_beyond_int32_mean_never_again():
       updates, state = tx.update(grads, state, params)
       params = optax.apply_updates(params, updates)
     assert int((updates["w"] != 0).sum()) == 2, interval
+
+
+@pytest.mark.parametrize("shape", [(3,), (1,)])
+def test_density_schedule_must_return_a_scalar(shape):
+  tx = na.nanoadam(
+    1e-3,
+    density=0.5,
+    density_schedule=lambda step: jnp.full(shape, 0.25),
+    density_interval=5,
+  )
+  state = tx.init(PARAMS)
+  message = rf"density_schedule.*scalar.*{re.escape(str(shape))}"
+  with pytest.raises(ValueError, match=message):
+    tx.update(PARAMS, state, PARAMS)
+
+
+@pytest.mark.parametrize(
+  ("built", "used", "message"),
+  [
+    (
+      dict(density=0.5),
+      dict(density=1.0),
+      r"state.indices for 'layer/bias' has shape \(2,\) but this "
+      r"optimizer keeps \(3,\).*another density",
+    ),
+    (
+      dict(exclude="bias"),
+      dict(),
+      r"state.indices for 'layer/bias' is empty but this optimizer keeps "
+      r"\(1,\) \(it trains the leaf sparsely\).*exclude",
+    ),
+    (
+      dict(),
+      dict(exclude="bias"),
+      r"state.indices for 'layer/bias' is of shape \(1,\) but this optimizer"
+      r" keeps none \(it trains the leaf densely\)",
+    ),
+    (
+      dict(granularity="block", block_size=4),
+      dict(),
+      r"state.indices for 'layer/bias' has shape \(1, 1\).*granularity",
+    ),
+    (
+      dict(granularity="block", block_size=2),
+      dict(granularity="block", block_size=4),
+      r"state.indices for 'layer/bias' has shape \(2, 1\) but this "
+      r"optimizer keeps \(1, 1\).*block_size",
+    ),
+  ],
+  ids=["density", "excluded-before", "excluded-now", "block", "block-size"],
+)
+def test_state_of_other_hyperparameters_names_leaf_and_difference(
+  built, used, message
+):
+  """What a user restoring a checkpoint after changing hyperparameters
+  meets: the leaf and what differs, not a broadcasting error."""
+  state = na.nanoadam(1e-3, **built).init(PARAMS)
+  with pytest.raises(ValueError, match=message):
+    na.nanoadam(1e-3, **used).update(PARAMS, state, PARAMS)
+  with pytest.raises(ValueError, match=message):
+    jax.jit(na.nanoadam(1e-3, **used).update)(PARAMS, state, PARAMS)
