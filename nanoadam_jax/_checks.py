@@ -117,11 +117,10 @@ def check_hyperparams(
     concrete = concrete_float(value, name)
     if concrete is not None and not 0.0 <= concrete < 1.0:
       raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}.")
-  for name, value in (
-    ("eps", eps),
-    ("eps_root", eps_root),
-    ("weight_decay", weight_decay),
-  ):
+  scalars = [("eps", eps), ("eps_root", eps_root)]
+  if not callable(weight_decay):  # else a schedule, as optax.adamw's
+    scalars.append(("weight_decay", weight_decay))
+  for name, value in scalars:
     concrete = concrete_float(value, name)
     if concrete is not None and not concrete >= 0.0:
       raise ValueError(f"`{name}` must be >= 0, got {value!r}.")

@@ -170,7 +170,7 @@ def scale_by_nanoadam(
   b2: float = 0.999,
   eps: float = 1e-8,
   eps_root: float = 0.0,
-  weight_decay: float = 0.0,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
   density_schedule: Callable[[jax.Array], Any] | None = None,
   density_interval: int | None = None,
   moments: _checks.Moments = "remap",
@@ -223,7 +223,9 @@ def scale_by_nanoadam(
     b2: exponential decay rate of the second moment.
     eps: term added to the denominator outside the square root.
     eps_root: term added to the denominator inside the square root.
-    weight_decay: decoupled weight decay :math:`\lambda`, on selected entries.
+    weight_decay: decoupled weight decay :math:`\lambda`, on selected entries:
+      a number, or a schedule ``step -> decay`` read at the count of updates
+      applied so far, as ``optax.adamw`` reads one.
     density_schedule: optional callable ``step -> fraction``; the active count
       is ``clip(ceil(s(t') n), 1, k)`` with :math:`t'` the last multiple of
       ``density_interval`` at or before the step (values above ``density`` are
@@ -352,7 +354,10 @@ def scale_by_nanoadam(
         "`update`: NanoAdam selects entries by |param|. Call "
         "`tx.update(grads, state, params)`."
       )
-    plans, param_leaves, treedef = _plan(params, is_excluded, config)
+    step = state.count
+    # A weight-decay schedule is read here, once for every leaf.
+    step_config = config.at_step(step)
+    plans, param_leaves, treedef = _plan(params, is_excluded, step_config)
     grads = [
       _tree.as_array(grad)
       for grad in _flatten_like(treedef, updates, "gradient")
@@ -374,7 +379,6 @@ def scale_by_nanoadam(
       _check_buffers(plan, leaf_buffers)
 
     # 1. Re-select, every mask_interval (or density_interval) steps.
-    step = state.count
     sparse = [i for i, plan in enumerate(plans) if plan.sparse is not None]
     if sparse:
       should_select = config.selects_at(step)
@@ -406,9 +410,9 @@ def scale_by_nanoadam(
           grad,
           mu,
           nu,
-          param if config.decays else None,
+          param if step_config.decays else None,
           dense_count,
-          **config.adam,
+          **step_config.adam,
         )
         update = _adam.scaled(direction, step_size, plan.dtype)
       else:  # frozen (an excluded non-float leaf) or empty
@@ -429,7 +433,7 @@ def nanoadam(
   b2: float = 0.999,
   eps: float = 1e-8,
   eps_root: float = 0.0,
-  weight_decay: float = 0.0,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
   density_schedule: Callable[[jax.Array], Any] | None = None,
   density_interval: int | None = None,
   moments: _checks.Moments = "remap",
@@ -474,7 +478,8 @@ def nanoadam(
     b2: exponential decay rate of the second moment.
     eps: term added to the denominator outside the square root.
     eps_root: term added to the denominator inside the square root.
-    weight_decay: decoupled weight decay, times the learning rate.
+    weight_decay: decoupled weight decay, times the learning rate; a number
+      or a schedule ``step -> decay``, as in ``optax.adamw``.
     density_schedule: optional callable ``step -> fraction`` in
       ``(0, density]``.
     density_interval: re-read the schedule every this many steps.

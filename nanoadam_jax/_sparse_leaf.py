@@ -62,7 +62,7 @@ class SparseConfig:
   b2: Any
   eps: Any
   eps_root: Any
-  weight_decay: Any
+  weight_decay: Any  # a scalar, or a schedule until :meth:`at_step`
 
   @property
   def adam(self) -> dict[str, Any]:
@@ -79,7 +79,28 @@ class SparseConfig:
   def decays(self) -> bool:
     """False when weight decay is known to be zero: the lean step skips
     gathering params."""
+    if callable(self.weight_decay):
+      return True
     return _checks.concrete_float(self.weight_decay) != 0.0
+
+  def at_step(self, step: jax.Array) -> "SparseConfig":
+    """This config with a weight-decay schedule read at ``step``.
+
+    As ``optax.add_decayed_weights`` does, the schedule is called with the
+    count of updates applied so far (0 at the first update).
+
+    Raises:
+      ValueError: the schedule's value is not a scalar.
+    """
+    if not callable(self.weight_decay):
+      return self
+    decay = jnp.asarray(self.weight_decay(step))
+    if decay.shape != ():
+      raise ValueError(
+        "A `weight_decay` schedule must return a scalar (shape ()), got "
+        f"shape {decay.shape}."
+      )
+    return dataclasses.replace(self, weight_decay=decay)
 
   @property
   def may_pad(self) -> bool:

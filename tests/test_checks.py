@@ -202,3 +202,10 @@ def test_state_of_other_hyperparameters_names_leaf_and_difference(
     na.nanoadam(1e-3, **used).update(PARAMS, state, PARAMS)
   with pytest.raises(ValueError, match=message):
     jax.jit(na.nanoadam(1e-3, **used).update)(PARAMS, state, PARAMS)
+
+
+def test_weight_decay_schedule_must_return_a_scalar():
+  tx = na.nanoadam(1e-3, weight_decay=lambda step: jnp.full((2,), 0.1))
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match=r"weight_decay.*scalar.*\(2,\)"):
+    tx.update(PARAMS, state, PARAMS)

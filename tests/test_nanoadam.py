@@ -597,3 +597,22 @@ def test_defaults_at_density_one_equal_adamw_without_decay(tree_params):
     _, decayed, _ = run_jax(optax.adamw(1e-2), tree_params, grads)
   chex.assert_trees_all_close(ours, same, rtol=1e-5, atol=1e-8)
   assert not np.allclose(ours[-1]["conv"], decayed[-1]["conv"], 1e-7, 0)
+
+
+@pytest.mark.parametrize("exclude", [None, "dense/bias|scale"])
+def test_weight_decay_schedule_equals_adamw(tree_params, exclude):
+  """A weight-decay schedule, as optax.adamw takes one: read at the step
+  count, on sparse and dense (excluded) leaves alike."""
+  decay = strict_schedule(optax.linear_schedule(0.5, 0.0, 4))
+  grads = random_grads(tree_params, 5)
+  tx = na.nanoadam(1e-2, 1.0, 2, weight_decay=decay, exclude=exclude)
+  _, ours, _ = run_jax(tx, tree_params, grads)
+  with optax_reference():
+    _, expected, _ = run_jax(
+      optax.adamw(1e-2, weight_decay=decay), tree_params, grads
+    )
+    _, constant, _ = run_jax(
+      optax.adamw(1e-2, weight_decay=0.5), tree_params, grads
+    )
+  chex.assert_trees_all_close(ours, expected, rtol=2e-5, atol=1e-7)
+  assert not np.allclose(ours[-1]["conv"], constant[-1]["conv"])
