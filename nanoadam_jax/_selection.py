@@ -300,7 +300,7 @@ def _rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _pack(bits: jax.Array) -> jax.Array:
   """Packs ``(..., m)`` bools, ``m <= 32``, into uint32 words (bit i = i)."""
   shifts = jnp.arange(bits.shape[-1], dtype=_U32)
-  return jnp.sum(bits.astype(_U32) << shifts, axis=-1)
+  return jnp.sum(bits.astype(_U32) << shifts, axis=-1, dtype=_U32)
 
 
 def _packed_mask(x: jax.Array, predicate) -> jax.Array:
@@ -341,13 +341,13 @@ def _count_le(x: jax.Array, thresholds: jax.Array, le) -> jax.Array:
   for j in range(thresholds.shape[0]):
     hit = le(main, thresholds[j]).astype(_U32)
     fields += hit << (_FIELD_BITS * j)
-  fields = jnp.sum(fields, axis=1)
+  fields = jnp.sum(fields, axis=1, dtype=_U32)
   shifts = _FIELD_BITS * jnp.arange(thresholds.shape[0], dtype=_U32)
   fields = (fields[:, None] >> shifts) & _U32((1 << _FIELD_BITS) - 1)
-  counts = jnp.sum(fields.astype(jnp.int32), axis=0)
+  counts = jnp.sum(fields.astype(jnp.int32), axis=0, dtype=jnp.int32)
   if tail.shape[0]:
     hit = jnp.stack([le(tail, t) for t in thresholds])
-    counts += jnp.sum(hit.astype(jnp.int32), axis=1)
+    counts += jnp.sum(hit.astype(jnp.int32), axis=1, dtype=jnp.int32)
   return counts
 
 
@@ -361,7 +361,7 @@ def _narrow(state, thresholds, counts, k_active):
   """
   lo, hi, below, upto = state
   m = thresholds.shape[0]
-  j = jnp.sum((counts < k_active).astype(jnp.int32))
+  j = jnp.sum(counts < k_active, dtype=jnp.int32)
   prev, nxt = jnp.maximum(j - 1, 0), jnp.minimum(j, m - 1)
   lo = jnp.where(j > 0, thresholds[prev] + _U32(1), lo)
   below = jnp.where(j > 0, counts[prev], below)
@@ -450,12 +450,12 @@ def _compact(words: jax.Array, size: int, windows: bool) -> jax.Array:
   """
   num_words = words.shape[0]
   counts = _popcount(words)
-  ends = jnp.cumsum(counts)
+  ends = jnp.cumsum(counts, dtype=jnp.int32)
   starts = ends - counts
   if not windows:
     # The word holding slot j is the number of words that end at or before j.
     ended = jnp.zeros((size,), jnp.int32).at[ends].add(1, mode="drop")
-    word = jnp.minimum(jnp.cumsum(ended), num_words - 1)
+    word = jnp.minimum(jnp.cumsum(ended, dtype=jnp.int32), num_words - 1)
     rank = jnp.arange(size, dtype=jnp.int32) - starts[word]
     return word * 32 + _select_bit(words[word], jnp.clip(rank, 0, 31))
   chunk = min(_WINDOW_CHUNK, num_words)
@@ -598,9 +598,9 @@ def _radix_lowest_k(
   threshold = _search(state, candidate, count_candidates, target)[0]
 
   # Ties: take the lowest-index entries whose key equals the threshold.
-  less = below + jnp.sum((filled & (candidate < threshold)).astype(jnp.int32))
+  less = below + jnp.sum(filled & (candidate < threshold), dtype=jnp.int32)
   need = target - less
-  tied = jnp.cumsum((filled & (candidate == threshold)).astype(jnp.int32))
+  tied = jnp.cumsum(filled & (candidate == threshold), dtype=jnp.int32)
   found = tied[-1] >= need
   cut_from_buffer = position[jnp.argmax(tied >= need)]
 
@@ -610,7 +610,7 @@ def _radix_lowest_k(
   def cut_from_pass():
     # Only when more than `capacity` entries tie at the threshold.
     words = _packed_mask(scores, lambda bits, _: is_threshold(bits))
-    counts = jnp.cumsum(_popcount(words))
+    counts = jnp.cumsum(_popcount(words), dtype=jnp.int32)
     word = jnp.argmax(counts >= need).astype(jnp.int32)
     rank = need - 1 - (counts[word] - _popcount(words[word]))
     return word * 32 + _select_bit(words[word], rank)

@@ -326,3 +326,20 @@ def test_traced_k_active_is_clipped_so_backends_agree(selection):
   )
   np.testing.assert_array_equal(select(jnp.int32(9)), [1, 3, 5])  # as 3
   np.testing.assert_array_equal(select(jnp.int32(0)), [1, 7, 8])  # as 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_radix_under_enable_x64(dtype):
+  """With jax_enable_x64, jnp.sum of int32 is int64 unless told otherwise;
+  the radix search's loop carry must keep its int32 counts."""
+  previous = jax.config.jax_enable_x64
+  jax.config.update("jax_enable_x64", True)
+  try:
+    x = _data("normal", 5000, dtype, seed=7)
+    for k_active in (None, jnp.int32(200)):
+      got = _selection.lowest_k_indices(x, 500, k_active, "radix")
+      want = _selection.lowest_k_indices(x, 500, k_active, "top_k")
+      assert got.dtype == jnp.int32
+      np.testing.assert_array_equal(got, want)
+  finally:
+    jax.config.update("jax_enable_x64", previous)
