@@ -209,3 +209,25 @@ def test_weight_decay_schedule_must_return_a_scalar():
   state = tx.init(PARAMS)
   with pytest.raises(ValueError, match=r"weight_decay.*scalar.*\(2,\)"):
     tx.update(PARAMS, state, PARAMS)
+
+
+def test_seed_may_be_an_integer_array_even_traced():
+  """inject_hyperparams hands seed over as an int32 array (traced under
+  jit); jax.random takes one, so we do."""
+  params = {"w": jnp.linspace(-1.0, 1.0, 8)}
+
+  def moved(seed):
+    tx = na.scale_by_nanoadam(0.25, select="random", seed=seed)
+    return tx.update(params, tx.init(params), params)[0]["w"] != 0
+
+  traced = jax.jit(moved)(jnp.asarray(3, jnp.int32))
+  assert bool((traced == moved(3)).all()) and int(traced.sum()) == 2
+  with pytest.raises(TypeError, match="seed"):
+    na.nanoadam(1e-3, seed=jnp.asarray(1.0))
+  with pytest.raises(TypeError, match="seed"):
+    na.nanoadam(1e-3, seed=jnp.arange(2))
+
+
+def test_injected_density_schedule_says_to_list_it_in_static_args():
+  with pytest.raises(TypeError, match="density_schedule.*static_args"):
+    na.nanoadam(1e-3, density_schedule=jnp.asarray(0.1), density_interval=5)
