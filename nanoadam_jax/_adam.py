@@ -104,6 +104,7 @@ def adam_direction(
   eps: Any,
   eps_root: Any,
   weight_decay: Any,
+  nesterov: bool = False,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One AdamW step on matching arrays; returns (direction, mu, nu).
 
@@ -112,7 +113,7 @@ def adam_direction(
 
   The operation order follows ``optax.scale_by_adam`` followed by
   ``optax.add_decayed_weights``, so that a dense run matches ``optax.adamw``
-  to float32 rounding.
+  to float32 rounding; ``nesterov`` as ``scale_by_adam(nesterov=True)``.
   """
   compute = _wider_float(mu.dtype, nu.dtype)
   # Hyperparameters may be traced float32 (inject_hyperparams); cast them to
@@ -130,6 +131,14 @@ def adam_direction(
   mu_correction = 1 - jnp.asarray(b1, jnp.float32) ** count
   nu_correction = 1 - jnp.asarray(b2, jnp.float32) ** count
   mu_hat = mu.astype(compute) / mu_correction.astype(compute)
+  if nesterov:  # Optax's: b1 mu / (1 - b1^(c+1)) + (1 - b1) g / (1 - b1^c)
+    next_count = safe_increment(bias_count).astype(jnp.float32)
+    next_correction = 1 - jnp.asarray(b1, jnp.float32) ** next_count
+    mu_hat = jnp.asarray(b1, compute) * (
+      mu.astype(compute) / next_correction.astype(compute)
+    ) + _one_minus(b1, compute) * (
+      grad.astype(compute) / mu_correction.astype(compute)
+    )
   nu_hat = nu.astype(compute) / nu_correction.astype(compute)
   eps_root = jnp.asarray(eps_root, compute)
   eps = jnp.asarray(eps, compute)

@@ -135,6 +135,11 @@ def check_hyperparams(
   check_seed(seed)
 
 
+def check_flag(name: str, value: Any) -> None:
+  if not isinstance(value, bool | np.bool_):
+    raise TypeError(f"`{name}` must be a bool, got {value!r}.")
+
+
 def check_seed(seed: Any) -> None:
   """An int, or an integer scalar array: traced under
   ``optax.inject_hyperparams``, which ``jax.random.key`` takes."""

@@ -5,6 +5,7 @@ Burkholz; NeurIPS 2025, https://arxiv.org/abs/2506.21374) as an Optax gradient
 transformation with fixed-size sparse state.
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -63,29 +64,34 @@ class _LeafPlan(NamedTuple):
   dtype: Any
   sparse: _sparse_leaf.SparseLeaf | None  # a non-empty leaf for NanoAdam
   dense: bool  # an excluded, non-empty float leaf: trained by dense AdamW
+  decays: bool  # in the weight-decay ``mask``
 
 
 def _plan(
   params: Any,
-  is_excluded: Callable[[str, Any], bool],
+  exclude: _tree.LeafRule,
+  mask: _tree.LeafRule,
   config: _sparse_leaf.SparseConfig,
 ) -> tuple[list[_LeafPlan], list[Any], Any]:
   """Routes each leaf and lays out the sparse ones; returns plans, leaves,
   treedef."""
-  paths, leaves, treedef, sparse = _tree.route_leaves(params, is_excluded)
+  is_decayed = mask(params)
+  paths, leaves, treedef, sparse = _tree.route_leaves(params, exclude(params))
+  undecayed = dataclasses.replace(config, weight_decay=0.0)
   plans = []
   leaf_no = 0  # counts the sparse leaves
   for path, leaf, is_sparse in zip(paths, leaves, sparse, strict=True):
     shape, dtype = tuple(leaf.shape), jnp.dtype(leaf.dtype)
     empty = math.prod(shape) == 0
+    decays = is_decayed(path, leaf)
     sparse_leaf = None
     if is_sparse and not empty:
       sparse_leaf = _sparse_leaf.SparseLeaf.build(
-        config, path, shape, dtype, leaf_no
+        config if decays else undecayed, path, shape, dtype, leaf_no
       )
       leaf_no += 1
     dense = not is_sparse and _tree.is_trainable_dtype(dtype) and not empty
-    plans.append(_LeafPlan(path, shape, dtype, sparse_leaf, dense))
+    plans.append(_LeafPlan(path, shape, dtype, sparse_leaf, dense, decays))
   return plans, leaves, treedef
 
 
@@ -177,7 +183,9 @@ def scale_by_nanoadam(
   select: _checks.Select = "smallest",
   exclude: _tree.Exclude = None,
   mu_dtype: Any | None = None,
-  seed: int = 0,
+  mask: _tree.Mask = None,
+  nesterov: bool = False,
+  seed: int | jax.Array = 0,
   selection: _selection.Selection = "auto",
   granularity: _layout.Granularity = "tensor",
   block_size: int | None = None,
@@ -239,13 +247,27 @@ def scale_by_nanoadam(
     select: ``"smallest"`` (the method), or the ablations ``"largest"`` and
       ``"random"`` (a uniformly random subset drawn from ``seed`` and the
       step).
-    exclude: None, a regex searched in each leaf's ``"/"``-joined path, or a
-      callable ``(path, leaf) -> bool``; matching leaves get dense AdamW.
-      Paths join dict keys, sequence indices and attribute names, e.g.
-      ``"encoder/layers/0/kernel"``; a Flax NNX ``Variable``'s trailing
-      ``value`` is dropped, so NNX state gives ``"linear/kernel"``.
+    exclude: which leaves get dense AdamW instead: None; a regex searched
+      in each leaf's ``"/"``-joined path (``init`` warns when it matches no
+      path); a callable ``(path, leaf) -> bool``; a tree of bools shaped
+      like the params, or a prefix of them, as Optax's masks (True:
+      excluded); or a callable ``params -> such a tree``. A callable with
+      one required positional parameter is taken as ``params -> tree``, one
+      with two as ``(path, leaf) -> bool``. Paths join dict keys, sequence
+      indices and attribute names, e.g. ``"encoder/layers/0/kernel"``; a
+      Flax NNX ``Variable``'s trailing ``value`` is dropped, so NNX state
+      gives ``"linear/kernel"``. Bool trees are matched to the params by
+      these paths.
     mu_dtype: optional dtype of the first moment; defaults to the param's.
-    seed: seed of the ``"random"`` ablation.
+    mask: which leaves get weight decay, as ``optax.adamw``'s ``mask``: None
+      (all), a tree of bools shaped like the params (or a prefix; True:
+      decayed), or a callable ``params -> such a tree``. It applies to
+      sparse and excluded leaves alike.
+    nesterov: Nesterov momentum, as ``optax.scale_by_adam(nesterov=True)``:
+      :math:`\hat\mu = \beta_1 \mu / (1 - \beta_1^{c+1}) + (1 - \beta_1)
+      g / (1 - \beta_1^c)`.
+    seed: seed of the ``"random"`` ablation: an int, or an integer array
+      (it may be traced, e.g. injected by ``optax.inject_hyperparams``).
     selection: the bottom-k backend (see ``SELECTION_BACKENDS``): ``"auto"``
       (the fastest exact one for the platform, ``"radix"``), ``"top_k"``
       (the reference), ``"radix"``, or ``"approx"`` (``approx_min_k``, not
@@ -296,7 +318,9 @@ def scale_by_nanoadam(
   )
   _selection.check_selection(selection)
   _checks.check_granularity(granularity, block_size)
-  is_excluded = _tree.compile_exclude(exclude)
+  _checks.check_flag("nesterov", nesterov)
+  exclude_rule = _tree.compile_exclude(exclude)
+  mask_rule = _tree.compile_mask(mask)
   config = _sparse_leaf.SparseConfig(
     density=float(density),
     # Intervals past the int32 step count select once: never again.
@@ -318,10 +342,12 @@ def scale_by_nanoadam(
     eps=eps,
     eps_root=eps_root,
     weight_decay=weight_decay,
+    nesterov=nesterov,
   )
 
   def init_fn(params: optax.Params) -> ScaleByNanoAdamState:
-    plans, _, treedef = _plan(params, is_excluded, config)
+    plans, _, treedef = _plan(params, exclude_rule, mask_rule, config)
+    _tree.warn_if_unmatched(exclude, [plan.path for plan in plans])
     buffers = []
     for plan in plans:
       if plan.sparse is not None:
@@ -357,7 +383,9 @@ def scale_by_nanoadam(
     step = state.count
     # A weight-decay schedule is read here, once for every leaf.
     step_config = config.at_step(step)
-    plans, param_leaves, treedef = _plan(params, is_excluded, step_config)
+    plans, param_leaves, treedef = _plan(
+      params, exclude_rule, mask_rule, step_config
+    )
     grads = [
       _tree.as_array(grad)
       for grad in _flatten_like(treedef, updates, "gradient")
@@ -410,7 +438,7 @@ def scale_by_nanoadam(
           grad,
           mu,
           nu,
-          param if step_config.decays else None,
+          param if step_config.decays and plan.decays else None,
           dense_count,
           **step_config.adam,
         )
@@ -440,7 +468,9 @@ def nanoadam(
   select: _checks.Select = "smallest",
   exclude: _tree.Exclude = None,
   mu_dtype: Any | None = None,
-  seed: int = 0,
+  mask: _tree.Mask = None,
+  nesterov: bool = False,
+  seed: int | jax.Array = 0,
   selection: _selection.Selection = "auto",
   granularity: _layout.Granularity = "tensor",
   block_size: int | None = None,
@@ -485,11 +515,15 @@ def nanoadam(
     density_interval: re-read the schedule every this many steps.
     moments: ``"remap"`` or ``"reset"``.
     select: ``"smallest"``, ``"largest"`` or ``"random"``.
-    exclude: regex on the ``"/"``-joined leaf path (``"linear/kernel"`` for
-      Flax NNX state), or ``(path, leaf) -> bool``; matching leaves are
-      trained by dense AdamW.
+    exclude: which leaves dense AdamW trains: a regex on the ``"/"``-joined
+      leaf path (``"linear/kernel"`` for Flax NNX state), ``(path, leaf) ->
+      bool``, a tree of bools shaped like the params, or ``params -> such a
+      tree`` (see :func:`scale_by_nanoadam`).
     mu_dtype: optional dtype of the first moment.
-    seed: seed of the ``"random"`` ablation.
+    mask: which leaves get weight decay, as ``optax.adamw``'s ``mask``.
+    nesterov: Nesterov momentum, as ``optax.adamw(nesterov=True)``.
+    seed: seed of the ``"random"`` ablation: an int, or an integer array
+      (it may be traced, e.g. injected by ``optax.inject_hyperparams``).
     selection: the bottom-k backend; ``"auto"`` picks the fastest exact one.
     granularity: ``"tensor"`` (the method) or ``"block"`` (per contiguous
       block of ``block_size`` entries).
@@ -543,6 +577,8 @@ def nanoadam(
     select=select,
     exclude=exclude,
     mu_dtype=mu_dtype,
+    mask=mask,
+    nesterov=nesterov,
     seed=seed,
     selection=selection,
     granularity=granularity,

@@ -63,6 +63,7 @@ class SparseConfig:
   eps: Any
   eps_root: Any
   weight_decay: Any  # a scalar, or a schedule until :meth:`at_step`
+  nesterov: bool = False
 
   @property
   def adam(self) -> dict[str, Any]:
@@ -73,6 +74,7 @@ class SparseConfig:
       eps=self.eps,
       eps_root=self.eps_root,
       weight_decay=self.weight_decay,
+      nesterov=self.nesterov,
     )
 
   @property

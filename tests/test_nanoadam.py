@@ -616,3 +616,77 @@ def test_weight_decay_schedule_equals_adamw(tree_params, exclude):
     )
   chex.assert_trees_all_close(ours, expected, rtol=2e-5, atol=1e-7)
   assert not np.allclose(ours[-1]["conv"], constant[-1]["conv"])
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("mask_form", ["tree", "callable"])
+@pytest.mark.parametrize("exclude", [None, "scale|conv"])
+def test_mask_and_nesterov_equal_adamw(
+  tree_params, nesterov, mask_form, exclude
+):
+  """optax.adamw's `mask` (which leaves decay) and `nesterov`, at density 1,
+  on sparse and excluded (dense) leaves alike."""
+  decay_matrices = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+  mask = decay_matrices
+  if mask_form == "tree":
+    mask = decay_matrices(tree_params)
+  grads = random_grads(tree_params, 4)
+  options = dict(weight_decay=0.5, mask=mask, nesterov=nesterov)
+  tx = na.nanoadam(1e-2, 1.0, 3, exclude=exclude, **options)
+  _, ours, _ = run_jax(tx, tree_params, grads)
+  with optax_reference():
+    _, expected, _ = run_jax(optax.adamw(1e-2, **options), tree_params, grads)
+    _, unmasked, _ = run_jax(
+      optax.adamw(1e-2, weight_decay=0.5, nesterov=nesterov), tree_params, grads
+    )
+  chex.assert_trees_all_close(ours, expected, rtol=2e-5, atol=1e-7)
+  # The mask matters: undecayed vectors differ from decaying them.
+  assert not np.allclose(ours[-1]["dense/bias"], unmasked[-1]["dense/bias"])
+
+
+def test_nesterov_differs_from_plain_adam_on_the_selection(tree_params):
+  grads = random_grads(tree_params, 3)
+  _, plain, _ = run_jax(na.nanoadam(1e-2, 0.5), tree_params, grads)
+  _, nesterov, _ = run_jax(
+    na.nanoadam(1e-2, 0.5, nesterov=True), tree_params, grads
+  )
+  for step in (1, 2):
+    selected = np.asarray(plain[step]["conv"]) != 0
+    np.testing.assert_array_equal(
+      selected, np.asarray(nesterov[step]["conv"]) != 0
+    )
+    assert not np.allclose(plain[step]["conv"], nesterov[step]["conv"])
+  with pytest.raises(TypeError, match="nesterov"):
+    na.nanoadam(1e-2, nesterov=1)
+
+
+@pytest.mark.parametrize(
+  "exclude",
+  [
+    "dense/bias|scale",
+    {"dense/kernel": False, "dense/bias": True, "scale": True, "conv": False},
+    lambda params: {name: name in ("dense/bias", "scale") for name in params},
+    lambda path, leaf: path in ("dense/bias", "scale"),
+  ],
+  ids=["regex", "tree", "params-callable", "path-leaf-callable"],
+)
+def test_exclude_forms_route_the_same_leaves(tree_params, exclude):
+  """Every form of exclude that Optax's masks take trains the same leaves
+  densely: their mu has the param's shape, the others a buffer."""
+  state = na.nanoadam(1e-2, 0.5, exclude=exclude).init(tree_params)
+  dense = {
+    name
+    for name, mu in state[0].mu.items()
+    if mu.shape == tree_params[name].shape and mu.size > 1
+  }
+  assert dense == {"dense/bias"}  # "scale" is a scalar: (1,) either way
+  assert isinstance(state[0].indices["scale"], optax.MaskedNode)
+  assert isinstance(state[0].indices["dense/bias"], optax.MaskedNode)
+  assert not isinstance(state[0].indices["conv"], optax.MaskedNode)
+
+
+def test_exclude_regex_matching_nothing_warns_at_init(tree_params):
+  """A typo ("haed") would silently train the head sparsely."""
+  tx = na.nanoadam(1e-2, exclude="haed")
+  with pytest.warns(UserWarning, match="'haed' matches no parameter path"):
+    tx.init(tree_params)

@@ -17,6 +17,7 @@ static, :data:`STATIC_ARGS`, to the file's own list).
 import contextlib
 import types
 
+import jax
 import jax.numpy as jnp
 import optax
 import pytest
@@ -191,6 +192,8 @@ def test_every_argument_but_the_static_ones_is_injected():
   ("argument", "value"),
   [
     ("density_schedule", lambda step: 0.25),
+    ("exclude", lambda params: jax.tree.map(lambda x: x.ndim < 2, params)),
+    ("mask", lambda params: jax.tree.map(lambda x: x.ndim > 1, params)),
     ("mu_dtype", jnp.bfloat16),
   ],
 )
@@ -199,7 +202,7 @@ def test_callables_outside_static_args_say_to_list_them(argument, value):
   kwargs[argument] = value
   if argument != "density_schedule":
     kwargs.update(density_schedule=lambda step: 0.25)
-  static_args = [name for name in STATIC_ARGS if name != argument]
+  static_args = [name for name in STATIC_ARGS + ("mask",) if name != argument]
   tx = optax.inject_hyperparams(na.nanoadam, static_args)(**kwargs)
   with pytest.raises(TypeError, match=rf"{argument}.*static_args"):
     tx.init({"w": jnp.ones(4)})
