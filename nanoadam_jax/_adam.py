@@ -42,7 +42,10 @@ def _wider_float(a: Any, b: Any) -> Any:
 
 
 def zeros_after(
-  anchor: jax.Array, shape: tuple[int, ...], dtype: Any
+  anchor: jax.Array,
+  shape: tuple[int, ...],
+  dtype: Any,
+  negative: bool = True,
 ) -> jax.Array:
   """Zeros of ``shape`` that XLA can only allocate once ``anchor`` exists.
 
@@ -51,12 +54,33 @@ def zeros_after(
   backward pass still holds all gradients: measured on CPU, that doubles the
   step's temporary memory. Broadcasting a zero computed from one entry of
   ``anchor`` (the gathered gradient) ties each buffer's lifetime to its own
-  gradient, at the cost of one scalar operation. The zero is ``+0.0`` even
-  where that entry is negative, infinite or NaN.
+  gradient, at the cost of one scalar operation. The zero's sign is
+  :func:`zero_sign`'s, whatever that entry is (negative, infinite or NaN).
   """
   first = anchor.reshape(-1)[0]
-  zero = jnp.where(jnp.isfinite(first), jnp.abs(first) * 0, 0).astype(dtype)
-  return jnp.broadcast_to(zero, shape)
+  zero = jnp.where(jnp.isfinite(first), jnp.abs(first) * 0, 0)
+  if negative:
+    zero = -zero
+  return jnp.broadcast_to(zero.astype(dtype), shape)
+
+
+def zeros(shape: tuple[int, ...], dtype: Any, negative: bool = True):
+  """Zeros of ``shape`` and ``dtype``; ``-0.0`` where ``negative`` and the
+  dtype is a float (see :func:`zero_sign`)."""
+  negative = negative and jnp.issubdtype(dtype, jnp.floating)
+  return jnp.full(shape, -0.0 if negative else 0, dtype)
+
+
+def zero_sign(step_size: Any) -> bool:
+  """Whether the zeros of an update are ``-0.0`` (True) or ``+0.0``.
+
+  ``x + (-0.0)`` is ``x`` bit for bit for every ``x``, ``-0.0`` included,
+  while ``-0.0 + 0.0`` is ``+0.0``: a final update (``step_size`` given)
+  writes ``-0.0`` where nothing moves. An unscaled direction (``step_size``
+  None) writes ``+0.0``, which the negative step of
+  ``optax.scale_by_learning_rate`` later in the chain turns into ``-0.0``.
+  """
+  return step_size is not None
 
 
 def scaled(direction: jax.Array, step_size: Any, dtype: Any) -> jax.Array:
@@ -82,6 +106,7 @@ def adam_direction(
   eps_root: Any,
   weight_decay: Any,
   *,
+  nesterov: bool = False,
   dtype: Any = None,
   keys: tuple[jax.Array | None, jax.Array | None] = (None, None),
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -96,7 +121,7 @@ def adam_direction(
 
   The operation order follows ``optax.scale_by_adam`` followed by
   ``optax.add_decayed_weights``, so that a dense run matches ``optax.adamw``
-  to the params' rounding.
+  to the params' rounding; ``nesterov`` as ``scale_by_adam(nesterov=True)``.
   """
   dtype = grad.dtype if dtype is None else dtype
   compute = _wider_float(_wider_float(dtype, mu.dtype), nu.dtype)
@@ -113,6 +138,12 @@ def adam_direction(
   mu_correction = 1 - jnp.asarray(b1, precise) ** count
   nu_correction = 1 - jnp.asarray(b2, precise) ** count
   mu_hat = new_mu / mu_correction.astype(compute)
+  if nesterov:  # Optax's: b1 mu / (1 - b1^(c+1)) + (1 - b1) g / (1 - b1^c)
+    next_count = safe_increment(bias_count).astype(precise)
+    next_correction = 1 - jnp.asarray(b1, precise) ** next_count
+    mu_hat = jnp.asarray(b1, compute) * (
+      new_mu / next_correction.astype(compute)
+    ) + _one_minus(b1, compute) * (grad / mu_correction.astype(compute))
   nu_hat = new_nu / nu_correction.astype(compute)
   eps_root = jnp.asarray(eps_root, compute)
   eps = jnp.asarray(eps, compute)

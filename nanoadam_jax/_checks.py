@@ -1,6 +1,8 @@
 """Construction-time checks of NanoAdam's hyperparameters."""
 
 from typing import Any
+from typing import Literal
+from typing import get_args
 
 import jax
 import jax.numpy as jnp
@@ -8,8 +10,12 @@ import numpy as np
 
 from nanoadam_jax import _layout
 
-MOMENTS = ("remap", "reset")
-SELECT_RULES = ("smallest", "largest", "random")
+# What a re-selection does to the moments.
+Moments = Literal["remap", "reset"]
+MOMENTS: tuple[str, ...] = get_args(Moments)
+# Which entries are selected: the method and its two ablations.
+Select = Literal["smallest", "largest", "random"]
+SELECT_RULES: tuple[str, ...] = get_args(Select)
 
 
 def concrete_float(value: Any, name: str = "value") -> float | None:
@@ -91,9 +97,12 @@ def check_hyperparams(
   check_interval("mask_interval", mask_interval)
   if density_schedule is not None:
     if not callable(density_schedule):
+      hint = ""
+      if is_injected(density_schedule):
+        hint = static_args_hint("density_schedule")
       raise TypeError(
         "`density_schedule` must be a callable step -> fraction, got "
-        f"{type(density_schedule).__name__}."
+        f"{type(density_schedule).__name__}.{hint}"
       )
     if density_interval is None:
       raise ValueError(
@@ -111,11 +120,10 @@ def check_hyperparams(
     concrete = concrete_float(value, name)
     if concrete is not None and not 0.0 <= concrete < 1.0:
       raise ValueError(f"`{name}` must lie in [0, 1), got {value!r}.")
-  for name, value in (
-    ("eps", eps),
-    ("eps_root", eps_root),
-    ("weight_decay", weight_decay),
-  ):
+  scalars = [("eps", eps), ("eps_root", eps_root)]
+  if not callable(weight_decay):  # else a schedule, as optax.adamw's
+    scalars.append(("weight_decay", weight_decay))
+  for name, value in scalars:
     concrete = concrete_float(value, name)
     if concrete is not None and not concrete >= 0.0:
       raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
@@ -124,9 +132,41 @@ def check_hyperparams(
   if select not in SELECT_RULES:
     raise ValueError(f"`select` must be one of {SELECT_RULES}, got {select!r}.")
   check_moment_dtype("mu_dtype", mu_dtype)
-  check_static_number("seed", seed)
-  if not is_int(seed):
-    raise TypeError(f"`seed` must be an int, got {seed!r}.")
+  check_seed(seed)
+
+
+def check_flag(name: str, value: Any) -> None:
+  if not isinstance(value, bool | np.bool_):
+    raise TypeError(f"`{name}` must be a bool, got {value!r}.")
+
+
+def check_seed(seed: Any) -> None:
+  """An int, or an integer scalar array: traced under
+  ``optax.inject_hyperparams``, which ``jax.random.key`` takes."""
+  if isinstance(seed, jax.Array | np.ndarray):
+    is_seed = seed.ndim == 0 and jnp.issubdtype(seed.dtype, jnp.integer)
+  else:
+    is_seed = is_int(seed)
+  if not is_seed:
+    raise TypeError(
+      f"`seed` must be an int or an integer scalar array, got {seed!r}."
+    )
+
+
+def static_args_hint(name: str) -> str:
+  """What to do when ``optax.inject_hyperparams`` turned ``name`` into a
+  value: it calls every callable argument not in ``static_args`` as a
+  schedule, and turns numbers into arrays."""
+  return (
+    f" Under optax.inject_hyperparams, list {name!r} in `static_args`: "
+    "it calls every other callable argument as a schedule step -> value."
+  )
+
+
+def is_injected(value: Any) -> bool:
+  """Whether ``value`` looks like what inject_hyperparams made of an
+  argument: an array or a number."""
+  return isinstance(value, jax.Array | np.ndarray | np.generic | int | float)
 
 
 def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
@@ -138,6 +178,11 @@ def check_moment_dtype(name: str, dtype: Any) -> None:
   """None, or a floating-point dtype (anything ``jnp.dtype`` reads)."""
   if dtype is None:
     return
+  if isinstance(dtype, jax.Array):
+    # inject_hyperparams called ``jnp.bfloat16`` (a callable) as a schedule.
+    raise TypeError(
+      f"`{name}` must be a dtype, got an array.{static_args_hint(name)}"
+    )
   try:
     floating = jnp.issubdtype(jnp.dtype(dtype), jnp.floating)
   except TypeError as error:

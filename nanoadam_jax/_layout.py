@@ -10,12 +10,15 @@ overflow for huge tensors, and stay on the shard that owns the block.
 import math
 from collections.abc import Callable
 from typing import Any
+from typing import Literal
 from typing import NamedTuple
+from typing import get_args
 
 import jax
 import jax.numpy as jnp
 
-GRANULARITIES = ("tensor", "block")
+Granularity = Literal["tensor", "block"]
+GRANULARITIES: tuple[str, ...] = get_args(Granularity)
 
 # Largest block whose local indices fit int16.
 INT16_BLOCK_LIMIT = 2**15

@@ -5,6 +5,7 @@ Burkholz; NeurIPS 2025, https://arxiv.org/abs/2506.21374) as an Optax gradient
 transformation with fixed-size sparse state.
 """
 
+import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
@@ -16,6 +17,7 @@ import optax
 
 from nanoadam_jax import _adam
 from nanoadam_jax import _checks
+from nanoadam_jax import _layout
 from nanoadam_jax import _rounding
 from nanoadam_jax import _selection
 from nanoadam_jax import _sparse_leaf
@@ -63,16 +65,20 @@ class _LeafPlan(NamedTuple):
   dtype: Any
   sparse: _sparse_leaf.SparseLeaf | None  # a non-empty leaf for NanoAdam
   dense: bool  # an excluded, non-empty float leaf: trained by dense AdamW
+  decays: bool  # in the weight-decay ``mask``
 
 
 def _plan(
   params: Any,
-  is_excluded: Callable[[str, Any], bool],
+  exclude: _tree.LeafRule,
+  mask: _tree.LeafRule,
   config: _sparse_leaf.SparseConfig,
 ) -> tuple[list[_LeafPlan], list[Any], Any]:
   """Routes each leaf and lays out the sparse ones; returns plans, leaves,
   treedef."""
-  paths, leaves, treedef, sparse = _tree.route_leaves(params, is_excluded)
+  is_decayed = mask(params)
+  paths, leaves, treedef, sparse = _tree.route_leaves(params, exclude(params))
+  undecayed = dataclasses.replace(config, weight_decay=0.0)
   plans = []
   leaf_no = 0  # counts the sparse leaves
   for tree_no, (path, leaf, is_sparse) in enumerate(
@@ -80,14 +86,20 @@ def _plan(
   ):
     shape, dtype = tuple(leaf.shape), jnp.dtype(leaf.dtype)
     empty = math.prod(shape) == 0
+    decays = is_decayed(path, leaf)
     sparse_leaf = None
     if is_sparse and not empty:
       sparse_leaf = _sparse_leaf.SparseLeaf.build(
-        config, path, shape, dtype, leaf_no, tree_no
+        config if decays else undecayed,
+        path,
+        shape,
+        dtype,
+        leaf_no,
+        tree_no,
       )
       leaf_no += 1
     dense = not is_sparse and _tree.is_trainable_dtype(dtype) and not empty
-    plans.append(_LeafPlan(path, shape, dtype, sparse_leaf, dense))
+    plans.append(_LeafPlan(path, shape, dtype, sparse_leaf, dense, decays))
   return plans, leaves, treedef
 
 
@@ -99,6 +111,50 @@ def _flatten_like(treedef: Any, tree: Any, what: str) -> list[Any]:
     raise ValueError(
       f"The {what} tree does not match the params tree: {error}"
     ) from error
+
+
+def _check_buffers(plan: _LeafPlan, buffers: tuple[Any, Any, Any]) -> None:
+  """Raises unless one leaf's (indices, mu, nu) fit what ``plan`` keeps.
+
+  A state restored from a checkpoint written with another ``density``,
+  ``exclude``, ``granularity`` or ``block_size`` has buffers of other sizes
+  (or none); say so, naming the leaf, before anything broadcasts.
+  """
+  index_dtype = None
+  if plan.sparse is not None:
+    kept = (plan.sparse.layout.buffer_shape,) * 3
+    index_dtype = plan.sparse.layout.index_dtype
+    role = "it trains the leaf sparsely"
+  elif plan.dense:
+    kept, role = (None, plan.shape, plan.shape), "it trains the leaf densely"
+  else:
+    kept, role = (None, None, None), "the leaf is frozen or empty"
+  hint = (
+    "was the state built with another density, exclude, granularity or "
+    "block_size (or for other params)?"
+  )
+  fields = ("indices", "mu", "nu")
+  for field, buffer, shape in zip(fields, buffers, kept, strict=True):
+    name = f"state.{field} for {plan.path!r}"
+    absent = isinstance(buffer, optax.MaskedNode)
+    got = None if absent else tuple(getattr(buffer, "shape", ()))
+    if absent and shape is None:
+      continue
+    if absent or shape is None:
+      raise ValueError(
+        f"{name} is {'empty' if absent else f'of shape {got}'} but this "
+        f"optimizer keeps {shape or 'none'} ({role}): {hint}"
+      )
+    if got != shape:
+      raise ValueError(
+        f"{name} has shape {got} but this optimizer keeps {shape}: {hint}"
+      )
+    dtype = jnp.dtype(buffer.dtype)
+    if field == "indices" and index_dtype is not None and dtype != index_dtype:
+      raise ValueError(
+        f"{name} has dtype {dtype.name} but this optimizer keeps "
+        f"{index_dtype.name}: {hint}"
+      )
 
 
 def _state(
@@ -128,18 +184,20 @@ def scale_by_nanoadam(
   b2: float = 0.999,
   eps: float = 1e-8,
   eps_root: float = 0.0,
-  weight_decay: float = 0.0,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
   density_schedule: Callable[[jax.Array], Any] | None = None,
   density_interval: int | None = None,
-  moments: str = "remap",
-  select: str = "smallest",
+  moments: _checks.Moments = "remap",
+  select: _checks.Select = "smallest",
   exclude: _tree.Exclude = None,
   mu_dtype: Any | None = None,
+  mask: _tree.Mask = None,
+  nesterov: bool = False,
   nu_dtype: Any | None = None,
-  rounding: str = "stochastic",
-  seed: int = 0,
-  selection: str = "auto",
-  granularity: str = "tensor",
+  rounding: _rounding.Rounding = "stochastic",
+  seed: int | jax.Array = 0,
+  selection: _selection.Selection = "auto",
+  granularity: _layout.Granularity = "tensor",
   block_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by Adam on each tensor's smallest-magnitude entries.
@@ -183,7 +241,9 @@ def scale_by_nanoadam(
     b2: exponential decay rate of the second moment.
     eps: term added to the denominator outside the square root.
     eps_root: term added to the denominator inside the square root.
-    weight_decay: decoupled weight decay :math:`\lambda`, on selected entries.
+    weight_decay: decoupled weight decay :math:`\lambda`, on selected entries:
+      a number, or a schedule ``step -> decay`` read at the count of updates
+      applied so far, as ``optax.adamw`` reads one.
     density_schedule: optional callable ``step -> fraction``; the active count
       is ``clip(ceil(s(t') n), 1, k)`` with :math:`t'` the last multiple of
       ``density_interval`` at or before the step (values above ``density`` are
@@ -197,11 +257,17 @@ def scale_by_nanoadam(
     select: ``"smallest"`` (the method), or the ablations ``"largest"`` and
       ``"random"`` (a uniformly random subset drawn from ``seed`` and the
       step).
-    exclude: None, a regex searched in each leaf's ``"/"``-joined path, or a
-      callable ``(path, leaf) -> bool``; matching leaves get dense AdamW.
-      Paths join dict keys, sequence indices and attribute names, e.g.
-      ``"encoder/layers/0/kernel"``; a Flax NNX ``Variable``'s trailing
-      ``value`` is dropped, so NNX state gives ``"linear/kernel"``.
+    exclude: which leaves get dense AdamW instead: None; a regex searched
+      in each leaf's ``"/"``-joined path (``init`` warns when it matches no
+      path); a callable ``(path, leaf) -> bool``; a tree of bools shaped
+      like the params, or a prefix of them, as Optax's masks (True:
+      excluded); or a callable ``params -> such a tree``. A callable with
+      one required positional parameter is taken as ``params -> tree``, one
+      with two as ``(path, leaf) -> bool``. Paths join dict keys, sequence
+      indices and attribute names, e.g. ``"encoder/layers/0/kernel"``; a
+      Flax NNX ``Variable``'s trailing ``value`` is dropped, so NNX state
+      gives ``"linear/kernel"``. Bool trees are matched to the params by
+      these paths.
     mu_dtype: optional storage dtype of the first moment (default: the
       param's). As in Optax, the moment is updated and used in the param's
       precision; only the stored copy is ``mu_dtype``.
@@ -212,7 +278,16 @@ def scale_by_nanoadam(
       ``"stochastic"`` (unbiased; random bits from ``seed``, the step and the
       leaf, so runs and checkpoint resumes repeat bit for bit) or
       ``"nearest"`` (Optax's plain cast).
-    seed: seed of the ``"random"`` ablation and of stochastic rounding.
+    mask: which leaves get weight decay, as ``optax.adamw``'s ``mask``: None
+      (all), a tree of bools shaped like the params (or a prefix; True:
+      decayed), or a callable ``params -> such a tree``. It applies to
+      sparse and excluded leaves alike.
+    nesterov: Nesterov momentum, as ``optax.scale_by_adam(nesterov=True)``:
+      :math:`\hat\mu = \beta_1 \mu / (1 - \beta_1^{c+1}) + (1 - \beta_1)
+      g / (1 - \beta_1^c)`.
+    seed: seed of the ``"random"`` ablation and of stochastic rounding: an
+      int, or an integer array (it may be traced, e.g. injected by
+      ``optax.inject_hyperparams``).
     selection: the bottom-k backend (see ``SELECTION_BACKENDS``): ``"auto"``
       (the fastest exact one for the platform, ``"radix"``), ``"top_k"``
       (the reference), ``"radix"``, or ``"approx"`` (``approx_min_k``, not
@@ -266,7 +341,9 @@ def scale_by_nanoadam(
   _checks.check_choice("rounding", rounding, _rounding.ROUNDINGS)
   _selection.check_selection(selection)
   _checks.check_granularity(granularity, block_size)
-  is_excluded = _tree.compile_exclude(exclude)
+  _checks.check_flag("nesterov", nesterov)
+  exclude_rule = _tree.compile_exclude(exclude)
+  mask_rule = _tree.compile_mask(mask)
   config = _sparse_leaf.SparseConfig(
     density=float(density),
     # Intervals past the int32 step count select once: never again.
@@ -290,10 +367,12 @@ def scale_by_nanoadam(
     eps=eps,
     eps_root=eps_root,
     weight_decay=weight_decay,
+    nesterov=nesterov,
   )
 
   def init_fn(params: optax.Params) -> ScaleByNanoAdamState:
-    plans, _, treedef = _plan(params, is_excluded, config)
+    plans, _, treedef = _plan(params, exclude_rule, mask_rule, config)
+    _tree.warn_if_unmatched(exclude, [plan.path for plan in plans])
     buffers = []
     for plan in plans:
       if plan.sparse is not None:
@@ -326,8 +405,16 @@ def scale_by_nanoadam(
         "`update`: NanoAdam selects entries by |param|. Call "
         "`tx.update(grads, state, params)`."
       )
-    plans, param_leaves, treedef = _plan(params, is_excluded, config)
-    grads = _flatten_like(treedef, updates, "gradient")
+    step = state.count
+    # A weight-decay schedule is read here, once for every leaf.
+    step_config = config.at_step(step)
+    plans, param_leaves, treedef = _plan(
+      params, exclude_rule, mask_rule, step_config
+    )
+    grads = [
+      _tree.as_array(grad)
+      for grad in _flatten_like(treedef, updates, "gradient")
+    ]
     buffers = list(
       zip(
         _flatten_like(treedef, state.indices, "state.indices"),
@@ -336,15 +423,15 @@ def scale_by_nanoadam(
         strict=True,
       )
     )
-    for plan, grad in zip(plans, grads, strict=True):
+    for plan, grad, leaf_buffers in zip(plans, grads, buffers, strict=True):
       if tuple(grad.shape) != plan.shape:
         raise ValueError(
           f"Gradient of {plan.path!r} has shape {tuple(grad.shape)}, but "
           f"the param has shape {plan.shape}."
         )
+      _check_buffers(plan, leaf_buffers)
 
     # 1. Re-select, every mask_interval (or density_interval) steps.
-    step = state.count
     sparse = [i for i, plan in enumerate(plans) if plan.sparse is not None]
     if sparse:
       should_select = config.selects_at(step)
@@ -376,9 +463,9 @@ def scale_by_nanoadam(
           grad,
           mu,
           nu,
-          param if config.decays else None,
+          param if step_config.decays and plan.decays else None,
           dense_count,
-          **config.adam,
+          **step_config.adam,
           dtype=plan.dtype,
           keys=_rounding.moment_keys(
             config.rounding,
@@ -391,7 +478,7 @@ def scale_by_nanoadam(
         )
         update = _adam.scaled(direction, step_size, plan.dtype)
       else:  # frozen (an excluded non-float leaf) or empty
-        update = jnp.zeros(plan.shape, plan.dtype)
+        update = _adam.zeros(plan.shape, plan.dtype, _adam.zero_sign(step_size))
       out.append(update)
       new_buffers.append((indices, mu, nu))
     return treedef.unflatten(out), _state(dense_count, treedef, new_buffers)
@@ -408,18 +495,20 @@ def nanoadam(
   b2: float = 0.999,
   eps: float = 1e-8,
   eps_root: float = 0.0,
-  weight_decay: float = 0.0,
+  weight_decay: optax.ScalarOrSchedule = 0.0,
   density_schedule: Callable[[jax.Array], Any] | None = None,
   density_interval: int | None = None,
-  moments: str = "remap",
-  select: str = "smallest",
+  moments: _checks.Moments = "remap",
+  select: _checks.Select = "smallest",
   exclude: _tree.Exclude = None,
   mu_dtype: Any | None = None,
+  mask: _tree.Mask = None,
+  nesterov: bool = False,
   nu_dtype: Any | None = None,
-  rounding: str = "stochastic",
-  seed: int = 0,
-  selection: str = "auto",
-  granularity: str = "tensor",
+  rounding: _rounding.Rounding = "stochastic",
+  seed: int | jax.Array = 0,
+  selection: _selection.Selection = "auto",
+  granularity: _layout.Granularity = "tensor",
   block_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NanoAdam: AdamW on each tensor's smallest-magnitude entries only.
@@ -437,7 +526,10 @@ def nanoadam(
 
   and zero elsewhere; see :func:`scale_by_nanoadam` for the moments, the
   re-selection and the options. With ``density=1.0`` it equals
-  ``optax.adamw`` with the same hyperparameters.
+  ``optax.adamw`` given the same hyperparameters, weight decay included:
+  Optax's default ``weight_decay`` is ``1e-4`` and NanoAdam's ``0``, so
+  ``nanoadam(lr, 1.0)`` equals ``optax.adamw(lr, weight_decay=0.0)`` (see
+  the second example).
 
   It computes ``optax.chain(scale_by_nanoadam(...),
   optax.scale_by_learning_rate(learning_rate))`` and has that chain's state,
@@ -452,20 +544,25 @@ def nanoadam(
     b2: exponential decay rate of the second moment.
     eps: term added to the denominator outside the square root.
     eps_root: term added to the denominator inside the square root.
-    weight_decay: decoupled weight decay, times the learning rate.
+    weight_decay: decoupled weight decay, times the learning rate; a number
+      or a schedule ``step -> decay``, as in ``optax.adamw``.
     density_schedule: optional callable ``step -> fraction`` in
       ``(0, density]``.
     density_interval: re-read the schedule every this many steps.
     moments: ``"remap"`` or ``"reset"``.
     select: ``"smallest"``, ``"largest"`` or ``"random"``.
-    exclude: regex on the ``"/"``-joined leaf path (``"linear/kernel"`` for
-      Flax NNX state), or ``(path, leaf) -> bool``; matching leaves are
-      trained by dense AdamW.
+    exclude: which leaves dense AdamW trains: a regex on the ``"/"``-joined
+      leaf path (``"linear/kernel"`` for Flax NNX state), ``(path, leaf) ->
+      bool``, a tree of bools shaped like the params, or ``params -> such a
+      tree`` (see :func:`scale_by_nanoadam`).
     mu_dtype: optional storage dtype of the first moment.
     nu_dtype: optional storage dtype of the second moment.
     rounding: ``"stochastic"`` (unbiased) or ``"nearest"``, for moments
       stored narrower than the param.
-    seed: seed of the ``"random"`` ablation and of stochastic rounding.
+    mask: which leaves get weight decay, as ``optax.adamw``'s ``mask``.
+    nesterov: Nesterov momentum, as ``optax.adamw(nesterov=True)``.
+    seed: seed of the ``"random"`` ablation and of stochastic rounding (an
+      int, or an integer array, which may be traced).
     selection: the bottom-k backend; ``"auto"`` picks the fastest exact one.
     granularity: ``"tensor"`` (the paper's Algorithm 1) or ``"block"`` (per
       contiguous block of ``block_size`` entries, as the paper's
@@ -492,6 +589,16 @@ def nanoadam(
     >>> int(jnp.sum(params["w"] != jnp.linspace(-1.0, 1.0, 10)))
     2
 
+    At density 1 it is AdamW; Optax's default decay is 1e-4, NanoAdam's 0:
+
+    >>> def first_update(tx):
+    ...   return tx.update(grads, tx.init(params), params)[0]["w"]
+    >>> ours = first_update(na.nanoadam(1e-2, 1.0))
+    >>> same = first_update(optax.adamw(1e-2, weight_decay=0.0))
+    >>> decayed = first_update(optax.adamw(1e-2))  # weight_decay=1e-4
+    >>> bool(jnp.allclose(ours, same)), bool(jnp.any(ours != decayed))
+    (True, True)
+
   References:
     Zhou, Jacobs, Gadhikar, Burkholz, `Pay Attention to Small Weights
     <https://arxiv.org/abs/2506.21374>`_, NeurIPS 2025
@@ -512,6 +619,8 @@ def nanoadam(
     mu_dtype=mu_dtype,
     nu_dtype=nu_dtype,
     rounding=rounding,
+    mask=mask,
+    nesterov=nesterov,
     seed=seed,
     selection=selection,
     granularity=granularity,

@@ -13,11 +13,13 @@ nothing random.
 """
 
 from typing import Any
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 
 ROUNDINGS = ("stochastic", "nearest")
+Rounding = Literal["stochastic", "nearest"]
 
 
 def rounding_key(seed: Any, step: jax.Array, leaf_no: int, moment: int):

@@ -26,12 +26,18 @@ subnormals as zero; ``"radix"`` orders them by value, as NumPy does. NaN
 scores do not crash a backend; where they land is unspecified.
 """
 
+from typing import Any
+from typing import Literal
+from typing import get_args
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-SELECTION_BACKENDS = ("auto", "top_k", "radix", "approx")
+# The bottom-k backends ``selection=`` names.
+Selection = Literal["auto", "top_k", "radix", "approx"]
+SELECTION_BACKENDS: tuple[str, ...] = get_args(Selection)
 
 # The exact backend "auto" runs on each platform.
 #
@@ -117,8 +123,8 @@ def pad_inactive(
 def lowest_k_indices(
   scores: jax.Array,
   k: int,
-  k_active: jax.Array | None = None,
-  selection: str = "top_k",
+  k_active: jax.Array | int | None = None,
+  selection: Selection = "auto",
 ) -> jax.Array:
   """Flat indices of the ``k_active`` lowest entries of ``scores``.
 
@@ -135,9 +141,10 @@ def lowest_k_indices(
     scores: a 1-D array of float32, bfloat16 or float16 scores; lower is
       selected first. Other floating dtypes use the ``"top_k"`` reference.
     k: the static buffer size, ``0 <= k <= scores.size``.
-    k_active: an int32 scalar in ``[1, k]`` (may be traced), or ``None`` for
-      ``k``.
-    selection: the backend, one of ``SELECTION_BACKENDS``.
+    k_active: an integer in ``[1, k]``, or ``None`` for ``k``. A concrete
+      value outside that range raises; a traced one is clipped into it.
+    selection: the backend, one of ``SELECTION_BACKENDS``; ``"auto"`` (the
+      default, as for the optimizer) picks the fastest exact one.
 
   Returns:
     A ``(k,)`` int32 array, ascending: the flat indices of the ``k_active``
@@ -146,12 +153,17 @@ def lowest_k_indices(
 
   Examples:
     >>> import jax.numpy as jnp
-    >>> from nanoadam_jax._selection import lowest_k_indices
+    >>> import nanoadam_jax as na
     >>> scores = jnp.array([3.0, 1.0, 2.0, 1.0])
-    >>> lowest_k_indices(scores, 3, selection="radix")
+    >>> na.lowest_k_indices(scores, 3)
     Array([1, 2, 3], dtype=int32)
-    >>> lowest_k_indices(scores, 3, jnp.int32(2), selection="radix")
+    >>> na.lowest_k_indices(scores, 3, k_active=2)
     Array([1, 3, 6], dtype=int32)
+
+  Raises:
+    ValueError: ``selection`` names no backend, ``scores`` is not 1-D and
+      floating, ``k`` is outside ``[0, n]``, or a concrete ``k_active`` is
+      outside ``[1, k]``.
   """
   check_selection(selection)
   if scores.ndim != 1:
@@ -163,12 +175,33 @@ def lowest_k_indices(
     raise ValueError(f"`k` must be in [0, {n}], got {k}.")
   if k == 0:
     return jnp.zeros((0,), jnp.int32)
+  k_active = _checked_k_active(k_active, k)
   backend = resolve_selection(selection)
   if backend == "radix" and scores.dtype in _KEY_BITS:
     return _radix_lowest_k(scores, k, k_active)
   if backend == "approx":
     return _approx_lowest_k(scores, k, k_active)
   return _top_k_lowest_k(scores, k, k_active)
+
+
+def _checked_k_active(k_active: Any, k: int) -> jax.Array | None:
+  """``k_active`` as an int32 scalar in ``[1, k]``.
+
+  Outside that range the backends would disagree (``top_k`` pads from the
+  slot, ``radix`` searches for a rank that does not exist), so a concrete
+  value there raises and a traced one is clipped.
+  """
+  if k_active is None:
+    return None
+  if jnp.ndim(k_active) != 0 or not jnp.issubdtype(
+    jnp.result_type(k_active), jnp.integer
+  ):
+    raise ValueError(f"`k_active` must be an integer scalar, got {k_active!r}.")
+  if not isinstance(k_active, jax.core.Tracer):
+    if not 1 <= int(k_active) <= k:
+      raise ValueError(f"`k_active` must lie in [1, k={k}], got {k_active}.")
+    return jnp.asarray(k_active, jnp.int32)
+  return jnp.clip(jnp.asarray(k_active, jnp.int32), 1, k)
 
 
 def _top_k_lowest_k(scores, k, k_active):
@@ -267,7 +300,7 @@ def _rows(x: jax.Array) -> tuple[jax.Array, jax.Array]:
 def _pack(bits: jax.Array) -> jax.Array:
   """Packs ``(..., m)`` bools, ``m <= 32``, into uint32 words (bit i = i)."""
   shifts = jnp.arange(bits.shape[-1], dtype=_U32)
-  return jnp.sum(bits.astype(_U32) << shifts, axis=-1)
+  return jnp.sum(bits.astype(_U32) << shifts, axis=-1, dtype=_U32)
 
 
 def _packed_mask(x: jax.Array, predicate) -> jax.Array:
@@ -308,13 +341,13 @@ def _count_le(x: jax.Array, thresholds: jax.Array, le) -> jax.Array:
   for j in range(thresholds.shape[0]):
     hit = le(main, thresholds[j]).astype(_U32)
     fields += hit << (_FIELD_BITS * j)
-  fields = jnp.sum(fields, axis=1)
+  fields = jnp.sum(fields, axis=1, dtype=_U32)
   shifts = _FIELD_BITS * jnp.arange(thresholds.shape[0], dtype=_U32)
   fields = (fields[:, None] >> shifts) & _U32((1 << _FIELD_BITS) - 1)
-  counts = jnp.sum(fields.astype(jnp.int32), axis=0)
+  counts = jnp.sum(fields.astype(jnp.int32), axis=0, dtype=jnp.int32)
   if tail.shape[0]:
     hit = jnp.stack([le(tail, t) for t in thresholds])
-    counts += jnp.sum(hit.astype(jnp.int32), axis=1)
+    counts += jnp.sum(hit.astype(jnp.int32), axis=1, dtype=jnp.int32)
   return counts
 
 
@@ -328,7 +361,7 @@ def _narrow(state, thresholds, counts, k_active):
   """
   lo, hi, below, upto = state
   m = thresholds.shape[0]
-  j = jnp.sum((counts < k_active).astype(jnp.int32))
+  j = jnp.sum(counts < k_active, dtype=jnp.int32)
   prev, nxt = jnp.maximum(j - 1, 0), jnp.minimum(j, m - 1)
   lo = jnp.where(j > 0, thresholds[prev] + _U32(1), lo)
   below = jnp.where(j > 0, counts[prev], below)
@@ -417,12 +450,12 @@ def _compact(words: jax.Array, size: int, windows: bool) -> jax.Array:
   """
   num_words = words.shape[0]
   counts = _popcount(words)
-  ends = jnp.cumsum(counts)
+  ends = jnp.cumsum(counts, dtype=jnp.int32)
   starts = ends - counts
   if not windows:
     # The word holding slot j is the number of words that end at or before j.
     ended = jnp.zeros((size,), jnp.int32).at[ends].add(1, mode="drop")
-    word = jnp.minimum(jnp.cumsum(ended), num_words - 1)
+    word = jnp.minimum(jnp.cumsum(ended, dtype=jnp.int32), num_words - 1)
     rank = jnp.arange(size, dtype=jnp.int32) - starts[word]
     return word * 32 + _select_bit(words[word], jnp.clip(rank, 0, 31))
   chunk = min(_WINDOW_CHUNK, num_words)
@@ -565,9 +598,9 @@ def _radix_lowest_k(
   threshold = _search(state, candidate, count_candidates, target)[0]
 
   # Ties: take the lowest-index entries whose key equals the threshold.
-  less = below + jnp.sum((filled & (candidate < threshold)).astype(jnp.int32))
+  less = below + jnp.sum(filled & (candidate < threshold), dtype=jnp.int32)
   need = target - less
-  tied = jnp.cumsum((filled & (candidate == threshold)).astype(jnp.int32))
+  tied = jnp.cumsum(filled & (candidate == threshold), dtype=jnp.int32)
   found = tied[-1] >= need
   cut_from_buffer = position[jnp.argmax(tied >= need)]
 
@@ -577,7 +610,7 @@ def _radix_lowest_k(
   def cut_from_pass():
     # Only when more than `capacity` entries tie at the threshold.
     words = _packed_mask(scores, lambda bits, _: is_threshold(bits))
-    counts = jnp.cumsum(_popcount(words))
+    counts = jnp.cumsum(_popcount(words), dtype=jnp.int32)
     word = jnp.argmax(counts >= need).astype(jnp.int32)
     rank = need - 1 - (counts[word] - _popcount(words[word]))
     return word * 32 + _select_bit(words[word], rank)

@@ -157,8 +157,8 @@ def state_shardings(
     :class:`jax.sharding.NamedSharding`.
 
   Raises:
-    ValueError: a parameter path of the state has no sharding, or no mesh is
-      known.
+    ValueError: a parameter path of the state has no sharding, a param's
+      spec names an axis the mesh lacks, or no mesh is known.
     TypeError: a param's sharding is neither a NamedSharding, a
       PartitionSpec, None nor fully replicated.
 
@@ -190,6 +190,14 @@ def state_shardings(
     path: _as_spec(path, sharding)
     for path, sharding in zip(param_paths, param_leaves, strict=True)
   }
+  for path, spec in specs.items():
+    for axis in (axis for entry in spec for axis in _entry_axes(entry)):
+      if axis not in mesh.axis_names:
+        raise ValueError(
+          f"The sharding of parameter {path!r} ({spec}) splits over mesh "
+          f"axis {axis!r}, which the mesh lacks: its axes are "
+          f"{tuple(mesh.axis_names)}."
+        )
   replicated = NamedSharding(mesh, PartitionSpec())
 
   def named(spec: PartitionSpec) -> NamedSharding:

@@ -53,9 +53,9 @@ class SparseConfig:
   mask_interval: int
   density_schedule: Callable[[jax.Array], Any] | None
   density_interval: int | None  # set when density_schedule is
-  moments: str  # "remap" | "reset"
-  select: str  # "smallest" | "largest" | "random"
-  selection: str  # the bottom-k backend
+  moments: _checks.Moments
+  select: _checks.Select
+  selection: _selection.Selection  # the bottom-k backend
   block_size: int | None  # None: the whole tensor is one row
   mu_dtype: Any | None  # stored first moment; None: the param's dtype
   nu_dtype: Any | None  # stored second moment; None: the param's dtype
@@ -65,7 +65,8 @@ class SparseConfig:
   b2: Any
   eps: Any
   eps_root: Any
-  weight_decay: Any
+  weight_decay: Any  # a scalar, or a schedule until :meth:`at_step`
+  nesterov: bool = False
 
   @property
   def adam(self) -> dict[str, Any]:
@@ -76,13 +77,35 @@ class SparseConfig:
       eps=self.eps,
       eps_root=self.eps_root,
       weight_decay=self.weight_decay,
+      nesterov=self.nesterov,
     )
 
   @property
   def decays(self) -> bool:
     """False when weight decay is known to be zero: the lean step skips
     gathering params."""
+    if callable(self.weight_decay):
+      return True
     return _checks.concrete_float(self.weight_decay) != 0.0
+
+  def at_step(self, step: jax.Array) -> "SparseConfig":
+    """This config with a weight-decay schedule read at ``step``.
+
+    As ``optax.add_decayed_weights`` does, the schedule is called with the
+    count of updates applied so far (0 at the first update).
+
+    Raises:
+      ValueError: the schedule's value is not a scalar.
+    """
+    if not callable(self.weight_decay):
+      return self
+    decay = jnp.asarray(self.weight_decay(step))
+    if decay.shape != ():
+      raise ValueError(
+        "A `weight_decay` schedule must return a scalar (shape ()), got "
+        f"shape {decay.shape}."
+      )
+    return dataclasses.replace(self, weight_decay=decay)
 
   @property
   def may_pad(self) -> bool:
@@ -197,6 +220,11 @@ class SparseLeaf:
       return jnp.asarray(layout.k, jnp.int32)
     read_at = step - step % config.density_interval
     fraction = jnp.asarray(config.density_schedule(read_at), jnp.float32)
+    if fraction.shape != ():
+      raise ValueError(
+        "`density_schedule` must return a scalar (shape ()), one fraction "
+        f"for every tensor, got shape {fraction.shape}."
+      )
     # Above ``density`` is clipped to it; NaN counts as 0 (one entry).
     fraction = jnp.minimum(jnp.nan_to_num(fraction, nan=0.0), config.density)
     wanted = _tree.ceil_count(fraction, layout.row_size)
@@ -279,7 +307,9 @@ class SparseLeaf:
     bias_count: jax.Array,
     step_size: jax.Array | None,
   ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Adam on the selected entries; an update of exactly zero elsewhere.
+    """Adam on the selected entries; an update of exactly zero elsewhere
+    (``-0.0`` with a ``step_size``, so that every bit of an unselected param
+    survives ``optax.apply_updates``; see :func:`_adam.zero_sign`).
 
     Args:
       grad: the leaf's gradient, of ``shape``.
@@ -335,7 +365,9 @@ class SparseLeaf:
         dtype=self.dtype,
         keys=keys,
       )
-      dense = _adam.zeros_after(selected_grad, grad.shape, self.dtype)
+      dense = _adam.zeros_after(
+        selected_grad, grad.shape, self.dtype, _adam.zero_sign(step_size)
+      )
       dense = dense.at[where].set(
         _adam.scaled(direction, step_size, self.dtype),
         mode=scatter_mode,

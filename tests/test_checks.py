@@ -1,5 +1,7 @@
 """Every bad input of SPEC.md raises early, naming the argument or the leaf."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -139,3 +141,93 @@ def test_intervals_beyond_int32_mean_never_again():
       updates, state = tx.update(grads, state, params)
       params = optax.apply_updates(params, updates)
     assert int((updates["w"] != 0).sum()) == 2, interval
+
+
+@pytest.mark.parametrize("shape", [(3,), (1,)])
+def test_density_schedule_must_return_a_scalar(shape):
+  tx = na.nanoadam(
+    1e-3,
+    density=0.5,
+    density_schedule=lambda step: jnp.full(shape, 0.25),
+    density_interval=5,
+  )
+  state = tx.init(PARAMS)
+  message = rf"density_schedule.*scalar.*{re.escape(str(shape))}"
+  with pytest.raises(ValueError, match=message):
+    tx.update(PARAMS, state, PARAMS)
+
+
+@pytest.mark.parametrize(
+  ("built", "used", "message"),
+  [
+    (
+      dict(density=0.5),
+      dict(density=1.0),
+      r"state.indices for 'layer/bias' has shape \(2,\) but this "
+      r"optimizer keeps \(3,\).*another density",
+    ),
+    (
+      dict(exclude="bias"),
+      dict(),
+      r"state.indices for 'layer/bias' is empty but this optimizer keeps "
+      r"\(1,\) \(it trains the leaf sparsely\).*exclude",
+    ),
+    (
+      dict(),
+      dict(exclude="bias"),
+      r"state.indices for 'layer/bias' is of shape \(1,\) but this optimizer"
+      r" keeps none \(it trains the leaf densely\)",
+    ),
+    (
+      dict(granularity="block", block_size=4),
+      dict(),
+      r"state.indices for 'layer/bias' has shape \(1, 1\).*granularity",
+    ),
+    (
+      dict(granularity="block", block_size=2),
+      dict(granularity="block", block_size=4),
+      r"state.indices for 'layer/bias' has shape \(2, 1\) but this "
+      r"optimizer keeps \(1, 1\).*block_size",
+    ),
+  ],
+  ids=["density", "excluded-before", "excluded-now", "block", "block-size"],
+)
+def test_state_of_other_hyperparameters_names_leaf_and_difference(
+  built, used, message
+):
+  """What a user restoring a checkpoint after changing hyperparameters
+  meets: the leaf and what differs, not a broadcasting error."""
+  state = na.nanoadam(1e-3, **built).init(PARAMS)
+  with pytest.raises(ValueError, match=message):
+    na.nanoadam(1e-3, **used).update(PARAMS, state, PARAMS)
+  with pytest.raises(ValueError, match=message):
+    jax.jit(na.nanoadam(1e-3, **used).update)(PARAMS, state, PARAMS)
+
+
+def test_weight_decay_schedule_must_return_a_scalar():
+  tx = na.nanoadam(1e-3, weight_decay=lambda step: jnp.full((2,), 0.1))
+  state = tx.init(PARAMS)
+  with pytest.raises(ValueError, match=r"weight_decay.*scalar.*\(2,\)"):
+    tx.update(PARAMS, state, PARAMS)
+
+
+def test_seed_may_be_an_integer_array_even_traced():
+  """inject_hyperparams hands seed over as an int32 array (traced under
+  jit); jax.random takes one, so we do."""
+  params = {"w": jnp.linspace(-1.0, 1.0, 8)}
+
+  def moved(seed):
+    tx = na.scale_by_nanoadam(0.25, select="random", seed=seed)
+    return tx.update(params, tx.init(params), params)[0]["w"] != 0
+
+  traced = jax.jit(moved)(jnp.asarray(3, jnp.int32))
+  assert bool((traced == moved(3)).all()) and int(traced.sum()) == 2
+  with pytest.raises(TypeError, match="seed"):
+    na.nanoadam(1e-3, seed=jnp.asarray(1.0))
+  with pytest.raises(TypeError, match="seed"):
+    na.nanoadam(1e-3, seed=jnp.arange(2))
+
+
+def test_injected_density_schedule_says_to_list_it_in_static_args():
+  with pytest.raises(TypeError, match="density_schedule.*static_args"):
+    na.nanoadam(1e-3, density_schedule=jnp.asarray(0.1), density_interval=5)

@@ -1,5 +1,7 @@
 """NanoAdam's arithmetic against independent references."""
 
+import typing
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -499,3 +501,192 @@ def test_absent_state_is_masked_not_zero_size():
   assert all(leaf.size > 0 for leaf in jax.tree.leaves(state))
   assert isinstance(state.mu["head"], optax.MaskedNode)
   assert isinstance(state.indices["w"], jax.Array)
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_numpy_params_and_gradients_work_outside_jit(weight_decay):
+  """Optax accepts NumPy arrays as params and gradients; so must we."""
+  params = {"w": np.linspace(-1, 1, 10, dtype=np.float32)}
+  grads = {"w": np.linspace(1, 2, 10, dtype=np.float32)}
+  tx = na.nanoadam(1e-2, 0.2, weight_decay=weight_decay)
+  updates, state = tx.update(grads, tx.init(params), params)
+  as_jax = lambda tree: jax.tree.map(jnp.asarray, tree)
+  expected, expected_state = tx.update(
+    as_jax(grads), tx.init(as_jax(params)), as_jax(params)
+  )
+  assert isinstance(updates["w"], jax.Array)
+  np.testing.assert_array_equal(updates["w"], expected["w"])
+  chex.assert_trees_all_equal(state, expected_state)
+  assert int((updates["w"] != 0).sum()) == 2
+
+
+def test_python_float_leaves_are_float_scalars():
+  """A Python float leaf is a 0-d array of the default float dtype, as in
+  optax.adamw (which accepts it)."""
+  params = {"c": 1.5, "w": jnp.linspace(-1.0, 1.0, 4)}
+  grads = {"c": 0.5, "w": jnp.ones(4)}
+  tx = na.nanoadam(1e-2, 1.0)
+  state = tx.init(params)
+  # A sparse scalar keeps a (1,) buffer, in the default float dtype.
+  assert state[0].mu["c"].dtype == jnp.float32
+  updates, _ = tx.update(grads, state, params)
+  reference = optax.adamw(1e-2, weight_decay=0.0)
+  with optax_reference():
+    expected, _ = reference.update(grads, reference.init(params), params)
+  assert updates["c"].dtype == jnp.float32 and updates["c"].shape == ()
+  np.testing.assert_allclose(updates["c"], expected["c"], rtol=1e-6)
+  np.testing.assert_allclose(updates["w"], expected["w"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_unselected_negative_zeros_keep_their_sign(fused):
+  """Frozen bit for bit holds for -0.0 too: an unselected -0.0 weight is not
+  turned into +0.0 by optax.apply_updates, nor is an excluded integer leaf or
+  +0.0 changed. ``fused=False`` is the documented chain of
+  scale_by_nanoadam and optax.scale_by_learning_rate."""
+  # Ties go to the lower index: the +0.0 entries are selected, the -0.0 not.
+  w = np.array([0.0] * 3 + [-0.0] * 6 + [-0.5, 0.25, 2.0], np.float32)
+  params = {"w": jnp.asarray(w), "step": jnp.asarray(3, jnp.int32)}
+  options = dict(density=0.25, mask_interval=100, exclude="step")
+  if fused:
+    tx = na.nanoadam(0.1, **options)
+  else:
+    tx = optax.chain(
+      na.scale_by_nanoadam(**options), optax.scale_by_learning_rate(0.1)
+    )
+  state = tx.init(params)
+  grads = {"w": jnp.linspace(-1.0, 1.0, 12), "step": jnp.asarray(0, jnp.int32)}
+  moved = np.zeros(12, bool)
+  for _ in range(4):
+    mask = na.selection_mask(state, params)
+    with jax.numpy_dtype_promotion("standard"):  # the int leaf times lr
+      updates, state = tx.update(grads, state, params)
+      params = optax.apply_updates(params, updates)
+    moved |= np.asarray(na.selection_mask(state, params)["w"])
+    moved |= np.asarray(mask["w"])
+  assert 0 < moved.sum() < 12 and np.signbit(w[~moved]).sum() >= 3
+  np.testing.assert_array_equal(
+    np.asarray(params["w"])[~moved].view(np.uint32), w[~moved].view(np.uint32)
+  )
+  assert int(params["step"]) == 3
+
+
+@pytest.mark.parametrize("factory", [na.nanoadam, na.scale_by_nanoadam])
+def test_string_options_are_literal_types(factory):
+  """Type checkers and IDEs see the accepted strings of each option."""
+  hints = typing.get_type_hints(factory)
+  for name, accepted in (
+    ("moments", na.MOMENTS),
+    ("select", na.SELECT_RULES),
+    ("selection", na.SELECTION_BACKENDS),
+    ("granularity", na.GRANULARITIES),
+  ):
+    assert typing.get_origin(hints[name]) is typing.Literal, name
+    assert typing.get_args(hints[name]) == accepted, name
+
+
+def test_defaults_at_density_one_equal_adamw_without_decay(tree_params):
+  """What the docstring promises: nanoadam(lr, 1.0) is optax.adamw(lr,
+  weight_decay=0.0); Optax's default decay (1e-4) is not ours (0)."""
+  grads = random_grads(tree_params, 3)
+  _, ours, _ = run_jax(na.nanoadam(1e-2, 1.0), tree_params, grads)
+  with optax_reference():
+    _, same, _ = run_jax(
+      optax.adamw(1e-2, weight_decay=0.0), tree_params, grads
+    )
+    _, decayed, _ = run_jax(optax.adamw(1e-2), tree_params, grads)
+  chex.assert_trees_all_close(ours, same, rtol=1e-5, atol=1e-8)
+  assert not np.allclose(ours[-1]["conv"], decayed[-1]["conv"], 1e-7, 0)
+
+
+@pytest.mark.parametrize("exclude", [None, "dense/bias|scale"])
+def test_weight_decay_schedule_equals_adamw(tree_params, exclude):
+  """A weight-decay schedule, as optax.adamw takes one: read at the step
+  count, on sparse and dense (excluded) leaves alike."""
+  decay = strict_schedule(optax.linear_schedule(0.5, 0.0, 4))
+  grads = random_grads(tree_params, 5)
+  tx = na.nanoadam(1e-2, 1.0, 2, weight_decay=decay, exclude=exclude)
+  _, ours, _ = run_jax(tx, tree_params, grads)
+  with optax_reference():
+    _, expected, _ = run_jax(
+      optax.adamw(1e-2, weight_decay=decay), tree_params, grads
+    )
+    _, constant, _ = run_jax(
+      optax.adamw(1e-2, weight_decay=0.5), tree_params, grads
+    )
+  chex.assert_trees_all_close(ours, expected, rtol=2e-5, atol=1e-7)
+  assert not np.allclose(ours[-1]["conv"], constant[-1]["conv"])
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+@pytest.mark.parametrize("mask_form", ["tree", "callable"])
+@pytest.mark.parametrize("exclude", [None, "scale|conv"])
+def test_mask_and_nesterov_equal_adamw(
+  tree_params, nesterov, mask_form, exclude
+):
+  """optax.adamw's `mask` (which leaves decay) and `nesterov`, at density 1,
+  on sparse and excluded (dense) leaves alike."""
+  decay_matrices = lambda params: jax.tree.map(lambda x: x.ndim >= 2, params)
+  mask = decay_matrices
+  if mask_form == "tree":
+    mask = decay_matrices(tree_params)
+  grads = random_grads(tree_params, 4)
+  options = dict(weight_decay=0.5, mask=mask, nesterov=nesterov)
+  tx = na.nanoadam(1e-2, 1.0, 3, exclude=exclude, **options)
+  _, ours, _ = run_jax(tx, tree_params, grads)
+  with optax_reference():
+    _, expected, _ = run_jax(optax.adamw(1e-2, **options), tree_params, grads)
+    _, unmasked, _ = run_jax(
+      optax.adamw(1e-2, weight_decay=0.5, nesterov=nesterov), tree_params, grads
+    )
+  chex.assert_trees_all_close(ours, expected, rtol=2e-5, atol=1e-7)
+  # The mask matters: undecayed vectors differ from decaying them.
+  assert not np.allclose(ours[-1]["dense/bias"], unmasked[-1]["dense/bias"])
+
+
+def test_nesterov_differs_from_plain_adam_on_the_selection(tree_params):
+  grads = random_grads(tree_params, 3)
+  _, plain, _ = run_jax(na.nanoadam(1e-2, 0.5), tree_params, grads)
+  _, nesterov, _ = run_jax(
+    na.nanoadam(1e-2, 0.5, nesterov=True), tree_params, grads
+  )
+  for step in (1, 2):
+    selected = np.asarray(plain[step]["conv"]) != 0
+    np.testing.assert_array_equal(
+      selected, np.asarray(nesterov[step]["conv"]) != 0
+    )
+    assert not np.allclose(plain[step]["conv"], nesterov[step]["conv"])
+  with pytest.raises(TypeError, match="nesterov"):
+    na.nanoadam(1e-2, nesterov=1)
+
+
+@pytest.mark.parametrize(
+  "exclude",
+  [
+    "dense/bias|scale",
+    {"dense/kernel": False, "dense/bias": True, "scale": True, "conv": False},
+    lambda params: {name: name in ("dense/bias", "scale") for name in params},
+    lambda path, leaf: path in ("dense/bias", "scale"),
+  ],
+  ids=["regex", "tree", "params-callable", "path-leaf-callable"],
+)
+def test_exclude_forms_route_the_same_leaves(tree_params, exclude):
+  """Every form of exclude that Optax's masks take trains the same leaves
+  densely: their mu has the param's shape, the others a buffer."""
+  state = na.nanoadam(1e-2, 0.5, exclude=exclude).init(tree_params)
+  dense = {
+    name
+    for name, mu in state[0].mu.items()
+    if mu.shape == tree_params[name].shape and mu.size > 1
+  }
+  assert dense == {"dense/bias"}  # "scale" is a scalar: (1,) either way
+  assert isinstance(state[0].indices["scale"], optax.MaskedNode)
+  assert isinstance(state[0].indices["dense/bias"], optax.MaskedNode)
+  assert not isinstance(state[0].indices["conv"], optax.MaskedNode)
+
+
+def test_exclude_regex_matching_nothing_warns_at_init(tree_params):
+  """A typo ("haed") would silently train the head sparsely."""
+  tx = na.nanoadam(1e-2, exclude="haed")
+  with pytest.warns(UserWarning, match="'haed' matches no parameter path"):
+    tx.init(tree_params)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import nanoadam_jax as na
 from nanoadam_jax import _selection
 
 EXACT = ("top_k", "radix", "auto")
@@ -293,3 +294,52 @@ def test_nan_scores_do_not_crash():
     got = np.asarray(_select(selection, 300)(x, jnp.int32(300)))
     assert got.shape == (300,)
     assert np.all(np.diff(got) > 0)
+
+
+def test_public_default_is_the_optimizers_auto(monkeypatch):
+  """na.lowest_k_indices defaults to "auto", as the optimizer does."""
+  seen = []
+  resolve = _selection.resolve_selection
+  monkeypatch.setattr(
+    _selection,
+    "resolve_selection",
+    lambda selection: seen.append(selection) or resolve(selection),
+  )
+  got = na.lowest_k_indices(jnp.array([3.0, 1.0, 2.0, 1.0]), 2)
+  np.testing.assert_array_equal(got, [1, 3])
+  assert seen == ["auto"]
+
+
+@pytest.mark.parametrize("k_active", [0, -1, 4, jnp.int32(5)])
+def test_concrete_k_active_outside_one_to_k_raises(k_active):
+  with pytest.raises(ValueError, match="k_active"):
+    na.lowest_k_indices(jnp.arange(6.0), 3, k_active)
+  with pytest.raises(ValueError, match="k_active"):
+    na.lowest_k_indices(jnp.arange(6.0), 3, 1.5)
+
+
+@pytest.mark.parametrize("selection", ["top_k", "radix", "approx"])
+def test_traced_k_active_is_clipped_so_backends_agree(selection):
+  scores = jnp.asarray([5.0, 0.5, 4.0, 1.0, 3.0, 2.0])
+  select = jax.jit(
+    lambda k_active: na.lowest_k_indices(scores, 3, k_active, selection)
+  )
+  np.testing.assert_array_equal(select(jnp.int32(9)), [1, 3, 5])  # as 3
+  np.testing.assert_array_equal(select(jnp.int32(0)), [1, 7, 8])  # as 1
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_radix_under_enable_x64(dtype):
+  """With jax_enable_x64, jnp.sum of int32 is int64 unless told otherwise;
+  the radix search's loop carry must keep its int32 counts."""
+  previous = jax.config.jax_enable_x64
+  jax.config.update("jax_enable_x64", True)
+  try:
+    x = _data("normal", 5000, dtype, seed=7)
+    for k_active in (None, jnp.int32(200)):
+      got = _selection.lowest_k_indices(x, 500, k_active, "radix")
+      want = _selection.lowest_k_indices(x, 500, k_active, "top_k")
+      assert got.dtype == jnp.int32
+      np.testing.assert_array_equal(got, want)
+  finally:
+    jax.config.update("jax_enable_x64", previous)

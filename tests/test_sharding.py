@@ -162,6 +162,14 @@ def test_bad_param_shardings_name_the_leaf():
   assert shardings[0].mu["w"].spec == P()
 
 
+def test_a_mesh_axis_the_mesh_lacks_names_param_axis_and_mesh_axes():
+  tx = na.nanoadam(1e-3, density=0.5)
+  state = jax.eval_shape(tx.init, shapes(w=(8, 4), b=(4,)))
+  message = r"'w'.*axis 'y'.*\('data', 'model'\)"
+  with pytest.raises(ValueError, match=message):
+    na.state_shardings(state, {"w": P(("data", "y")), "b": P()}, mesh=MESH)
+
+
 def test_jit_init_and_device_put_on_one_device():
   mesh = jax.make_mesh((1,), ("fsdp",))
   params = {"w": jnp.linspace(-1.0, 1.0, 64).reshape(8, 8)}

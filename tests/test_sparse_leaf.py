@@ -115,7 +115,14 @@ def test_step_is_adam_on_the_selection_and_exactly_zero_elsewhere():
   np.testing.assert_allclose(mu, 0.1 * selected, rtol=1e-6)
   np.testing.assert_allclose(nu, 0.001 * selected**2, rtol=1e-5)
   outside = np.asarray(update).reshape(-1)[[1, 2, 5]]
-  np.testing.assert_array_equal(outside.view(np.uint32), 0)  # +0.0
+  # -0.0, which adds to any param without changing a bit.
+  np.testing.assert_array_equal(outside.view(np.uint32), 0x80000000)
+  # The unscaled direction's zeros are +0.0: a negative step makes them -0.0.
+  direction, _, _ = leaf.step(
+    grad, param, buffers, step_no(0), step_no(1), None
+  )
+  unscaled = np.asarray(direction).reshape(-1)[[1, 2, 5]]
+  np.testing.assert_array_equal(unscaled.view(np.uint32), 0)
 
 
 def test_step_under_a_schedule_uses_only_the_active_slots():
