@@ -186,7 +186,9 @@ def test_jit_init_and_device_put_on_one_device():
 
 def test_annotate_optimizer_sharding_on_one_device():
   mesh = jax.make_mesh((1, 1), ("data", "model"))
-  tx = na.nanoadam(1e-3, density=0.125, exclude="norm")
+  # In a Sequential the LayerNorm's path is "layers/1/...": "norm" would
+  # match nothing (and init warns about that).
+  tx = na.nanoadam(1e-3, density=0.125, exclude="layers/1/")
   with jax.set_mesh(mesh):
     model = nnx.Sequential(
       nnx.Linear(
@@ -215,6 +217,8 @@ def test_annotate_optimizer_sharding_on_one_device():
   buffer = optimizer.opt_state[0].mu["layers"][0]["kernel"]
   assert buffer.get_value().shape == (64,)
   assert nnx.get_partition_spec(buffer).get_value() == P(("data", "model"))
+  scale = optimizer.opt_state[0].mu["layers"][1]["scale"]
+  assert scale.get_value().shape == (32,)  # dense AdamW: the param's shape
 
 
 @pytest.fixture(scope="module")
