@@ -132,35 +132,30 @@ def nano(density=0.1, granularity="tensor", select="smallest"):
   return make
 
 
-def glue_recipe(schedule, cfg, seed):
-  """The paper's GLUE recipe: density decays linearly from 10% to 4%."""
-  decay = optax.linear_schedule(0.1, 0.04, cfg.steps)
-  return na.nanoadam(
-    schedule,
-    0.1,
-    cfg.mask_interval,
-    density_schedule=decay,
-    density_interval=cfg.mask_interval,
-    exclude="norm|head",
-  )
+def glue_recipe(**storage):
+  """The paper's GLUE recipe: density decays linearly from 10% to 4%;
+  ``storage`` adds options such as its 16-bit block state."""
+
+  def make(schedule, cfg, seed):
+    return na.nanoadam(
+      schedule,
+      0.1,
+      cfg.mask_interval,
+      density_schedule=optax.linear_schedule(0.1, 0.04, cfg.steps),
+      density_interval=cfg.mask_interval,
+      exclude="norm|head",
+      block_size=cfg.block_size if "granularity" in storage else None,
+      **storage,
+    )
+
+  return make
 
 
-def glue_recipe_16bit(schedule, cfg, seed):
-  """The paper's whole recipe: its GLUE density decay, chunked selection
-  with int16 indices and bfloat16 moments (6 bytes per selected entry)."""
-  decay = optax.linear_schedule(0.1, 0.04, cfg.steps)
-  return na.nanoadam(
-    schedule,
-    0.1,
-    cfg.mask_interval,
-    density_schedule=decay,
-    density_interval=cfg.mask_interval,
-    exclude="norm|head",
-    granularity="block",
-    block_size=cfg.block_size,
-    mu_dtype=jnp.bfloat16,
-    nu_dtype=jnp.bfloat16,
-  )
+# The paper's whole recipe: chunked selection with int16 indices and
+# bfloat16 moments (6 bytes per selected entry).
+SIXTEEN_BIT = dict(
+  granularity="block", mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16
+)
 
 
 def adamw(schedule, cfg, seed):
@@ -169,9 +164,11 @@ def adamw(schedule, cfg, seed):
 
 METHODS = (
   Method("AdamW", adamw, "adamw_lrs"),
-  Method("NanoAdam (paper's GLUE recipe)", glue_recipe, "nano_lrs"),
+  Method("NanoAdam (paper's GLUE recipe)", glue_recipe(), "nano_lrs"),
   Method(
-    "NanoAdam 16-bit block (paper's recipe)", glue_recipe_16bit, "nano_lrs"
+    "NanoAdam 16-bit block (paper's recipe)",
+    glue_recipe(**SIXTEEN_BIT),
+    "nano_lrs",
   ),
   Method("NanoAdam d=0.1", nano(0.1), "variant_lrs"),
   Method("NanoAdam d=0.01", nano(0.01), "variant_lrs"),
