@@ -14,6 +14,8 @@ Backends (``selection=``):
 - ``"radix"``: exact and sort-free. It maps the scores to order-preserving
   unsigned integer keys, finds the ``k_active``-th smallest key with a few
   counting passes, and compacts the chosen entries through bit-packed masks.
+  Small tensors (up to ``_SORT_MAX_N`` entries) sort the same keys instead,
+  which gives the same indices from a far smaller program.
 - ``"approx"``: :func:`jax.lax.approx_min_k`; fast on TPU, not exact.
 - ``"auto"``: the fastest exact backend for the platform, see
   :func:`resolve_selection`.
@@ -43,13 +45,17 @@ SELECTION_BACKENDS: tuple[str, ...] = get_args(Selection)
 #
 # cpu: "radix", measured (2-core x86 VM, jax 0.10.2, float32 |x| of a normal
 #   tensor, median of jitted calls, |x| computed in the same jit). Density
-#   0.1, in `optax.adamw` updates of the same tensor: n = 1M: radix 2.9x,
-#   top_k 44x; n = 4M: 0.7x vs 27x (10 ms vs 420 ms); n = 16M: 1.0x vs 34x.
-#   Density 0.01: 0.5x to 1.8x vs 3x to 6x. `top_k` wins only below n ~ 4K,
-#   by some 30 microseconds a call.
+#   0.1, in `optax.adamw` updates of the same tensor, with the earlier radix
+#   design (a candidate buffer): n = 1M: radix 2.9x, top_k 44x; n = 4M: 0.7x
+#   vs 27x (10 ms vs 420 ms); n = 16M: 1.0x vs 34x. The one-loop design now
+#   here compiles in half the time and runs 1.0x to 1.4x as long (n = 147K
+#   to 11.7M); whole re-selection steps are 1.5x to 4.5x an AdamW update
+#   (benchmarks/RESULTS.md). `top_k` wins only below n ~ 4K, by some 30
+#   microseconds a call.
 # gpu: "radix", not measured. XLA:GPU runs `top_k` as a dedicated kernel only
-#   for k <= 16 and sorts the whole tensor otherwise; "radix" is three
-#   bandwidth-bound passes over the scores plus scatters on n / 32 words.
+#   for k <= 16 and sorts the whole tensor otherwise; "radix" is some four to
+#   seven bandwidth-bound passes over the scores plus scatters on n / 32
+#   words.
 # tpu: "radix", not measured. `approx_min_k` is the fast TPU primitive but is
 #   not exact; an exact `top_k` with a large k is a full sort network, O(n
 #   log^2 n) work, where "radix" streams the tensor a few times and scatters
@@ -59,20 +65,23 @@ SELECTION_BACKENDS: tuple[str, ...] = get_args(Selection)
 _AUTO_BACKEND = {"cpu": "radix", "gpu": "radix", "tpu": "radix"}
 _AUTO_DEFAULT = "radix"
 
-# Thresholds counted per pass over the scores. Counts go into 6-bit fields of
-# one uint32 per row of 32 entries (a row holds at most 32 < 64 hits).
-_NUM_THRESHOLDS = 5
+# Five thresholds are counted per pass over the scores; counts go into 6-bit
+# fields of one uint32 per row of 32 entries (a row holds at most 32 < 64).
 _FIELD_BITS = 6
 # Where the first pass puts its thresholds: sample ranks this many standard
 # deviations (of the sampled rank of the target) around the target.
 _SAMPLE_SIGMAS = (-2.5, -1.0, 0.0, 1.0, 2.5)
 _SAMPLE_SIZE = 1 << 14
-# The final compaction scatters 32-entry windows (work ~ n) when k is at least
-# this fraction of n and this large; else it expands slots to words (work ~ k,
-# but several k-sized temporaries). Measured crossover on CPU.
-_WINDOW_DENSITY = 1 / 16
-_WINDOW_MIN_K = 1 << 20
+# The final compaction scatters 32-entry windows, this many words at a time.
 _WINDOW_CHUNK = 1 << 14
+# Up to this many entries "radix" sorts its order-preserving keys instead:
+# the same indices, from a program XLA:CPU compiles in a tenth of the time
+# (measured with `top_k`, which XLA:CPU also runs as a sort: 0.04 s against
+# 0.5 s to 0.7 s for n = 384 to 1536), which matters where a model has many
+# bias vectors. At n = 1536 a call costs some 0.1 ms more than the radix
+# passes; past a few thousand entries the sort loses fast (11 ms against
+# 0.5 ms at n = 16384).
+_SORT_MAX_N = 4096
 
 
 def check_selection(selection: str) -> None:
@@ -178,10 +187,27 @@ def lowest_k_indices(
   k_active = _checked_k_active(k_active, k)
   backend = resolve_selection(selection)
   if backend == "radix" and scores.dtype in _KEY_BITS:
+    if n <= _SORT_MAX_N:
+      return _sorted_keys_lowest_k(scores, k, k_active)
     return _radix_lowest_k(scores, k, k_active)
   if backend == "approx":
     return _approx_lowest_k(scores, k, k_active)
   return _top_k_lowest_k(scores, k, k_active)
+
+
+def _sorted_keys_lowest_k(scores, k, k_active):
+  """A stable sort of the radix keys: exactly the ``"radix"`` order.
+
+  Both zeros share a key and bfloat16 subnormals keep their order, as in
+  `_radix_lowest_k`, and the stable sort gives ties to the lower index. (A
+  sort, not ``top_k``: under ``vmap`` over sharded blocks XLA partitions a
+  sort along the sharded axis but gathers the operand of a ``top_k``.)
+  """
+  n = scores.shape[0]
+  index = jnp.arange(n, dtype=jnp.int32)
+  _, order = lax.sort((_order_keys(scores), index), num_keys=1)
+  order = pad_inactive(order[:k], n, k_active)
+  return jnp.sort(order)
 
 
 def _checked_k_active(k_active: Any, k: int) -> jax.Array | None:
@@ -324,44 +350,61 @@ def _popcount(words: jax.Array) -> jax.Array:
   return lax.population_count(words).astype(jnp.int32)
 
 
-def _count_le(x: jax.Array, thresholds: jax.Array, le) -> jax.Array:
-  """Counts, per threshold, the entries whose key is ``<=`` it, in one pass.
+def _count_at(x: jax.Array, thresholds: jax.Array, hit) -> jax.Array:
+  """Per threshold ``t``, the entries of ``x`` where ``hit(bits, at_most, t)``.
+
+  One pass over ``x``: the five thresholds' hits go into 6-bit fields of one
+  uint32 per entry, which are summed per 32-entry row and then unpacked.
 
   Args:
-    x: a 1-D array.
-    thresholds: a ``(m,)`` uint32 array of keys, ``m <= 5``.
-    le: ``le(block, t)`` tells, per entry of a block of ``x``, whether its key
-      is ``<= t``.
+    x: a 1-D array of scores.
+    thresholds: a ``(m,)`` uint32 array, ``m <= 5``.
+    hit: ``hit(raw_bits, at_most, t)`` on a block of ``x``, bool, where
+      ``at_most(t)`` tells which entries of the block have a flat index
+      ``<= t``. It compares row and lane numbers: a full-size index array
+      would be loop-invariant, and XLA would hoist it out of the search loop
+      and read it on every pass, doubling the memory traffic.
 
   Returns:
-    A ``(m,)`` int32 array of counts.
+    A ``(m,)`` uint32 array of counts.
   """
   main, tail = _rows(x)
+  row = lax.broadcasted_iota(_U32, (main.shape[0], 1), 0)
+  lane = lax.broadcasted_iota(_U32, (1, 32), 1)
+
+  def at_most(t):
+    last_row, last_lane = t >> _U32(5), t & _U32(31)
+    return (row < last_row) | ((row == last_row) & (lane <= last_lane))
+
+  bits = _raw_bits(main)
   fields = jnp.zeros(main.shape, _U32)
   for j in range(thresholds.shape[0]):
-    hit = le(main, thresholds[j]).astype(_U32)
-    fields += hit << (_FIELD_BITS * j)
+    hits = hit(bits, at_most, thresholds[j]).astype(_U32)
+    fields += hits << (_FIELD_BITS * j)
   fields = jnp.sum(fields, axis=1, dtype=_U32)
   shifts = _FIELD_BITS * jnp.arange(thresholds.shape[0], dtype=_U32)
   fields = (fields[:, None] >> shifts) & _U32((1 << _FIELD_BITS) - 1)
-  counts = jnp.sum(fields.astype(jnp.int32), axis=0, dtype=jnp.int32)
+  counts = jnp.sum(fields, axis=0, dtype=_U32)
   if tail.shape[0]:
-    hit = jnp.stack([le(tail, t) for t in thresholds])
-    counts += jnp.sum(hit.astype(jnp.int32), axis=1, dtype=jnp.int32)
+    tail_index = _U32(main.size) + jnp.arange(tail.shape[0], dtype=_U32)
+    bits = _raw_bits(tail)
+    hits = [hit(bits, lambda t: tail_index <= t, t) for t in thresholds]
+    counts += jnp.sum(jnp.stack(hits).astype(_U32), axis=1, dtype=_U32)
   return counts
 
 
-def _narrow(state, thresholds, counts, k_active):
-  """Shrinks ``[lo, hi]`` to the gap between thresholds that holds the key.
+def _narrow(state, thresholds, counts, target):
+  """Shrinks ``[lo, hi]`` to the gap between thresholds that holds the value.
 
-  ``state = (lo, hi, below, upto)``: the wanted key ``t`` (the smallest key
-  with at least ``k_active`` entries ``<= t``) lies in ``[lo, hi]``, ``below``
-  entries have keys ``< lo`` and ``upto`` have keys ``<= hi``. ``thresholds``
-  must be non-decreasing and inside ``[lo, hi]``.
+  ``state = (lo, hi, below, upto)``: the wanted value ``t`` (the smallest
+  with at least ``target`` entries ``<= t``) lies in ``[lo, hi]``, ``below``
+  entries are ``< lo`` and ``upto`` are ``<= hi``. ``thresholds`` must be
+  non-decreasing and inside ``[lo, hi]``; ``counts`` are the entries
+  ``<=`` each.
   """
   lo, hi, below, upto = state
   m = thresholds.shape[0]
-  j = jnp.sum(counts < k_active, dtype=jnp.int32)
+  j = jnp.sum(counts < target, dtype=jnp.int32)
   prev, nxt = jnp.maximum(j - 1, 0), jnp.minimum(j, m - 1)
   lo = jnp.where(j > 0, thresholds[prev] + _U32(1), lo)
   below = jnp.where(j > 0, counts[prev], below)
@@ -370,50 +413,34 @@ def _narrow(state, thresholds, counts, k_active):
   return lo, hi, below, upto
 
 
-def _split_thresholds(lo, hi):
-  """Thresholds cutting ``[lo, hi]`` into near-equal parts, plus ``hi - 1``.
+def _next_thresholds(lo, hi, below, upto, target):
+  """Five thresholds in ``[lo, hi - 1]``, ascending, for the next count.
 
-  The last threshold settles ``t == hi`` in one pass, which is the common end
-  for ties (say a tensor of zeros). Requires ``lo < hi``.
+  Two cut the range in thirds, which shrinks it at least threefold whatever
+  the data. Two bracket a linear interpolation of where the target lies
+  (``below`` entries lie under ``lo``, ``upto`` up to ``hi``), which
+  shrinks it some thirtyfold where entries spread evenly over the range, as
+  they do over a narrow range of float keys. The last is ``hi - 1``, which
+  settles a target at ``hi`` (ties) in one pass. Requires ``lo < hi``.
   """
-  m = _NUM_THRESHOLDS
-  span = hi - lo  # >= 1; the parts cover [lo, hi - 1].
-  step = (span - _U32(1)) // _U32(m) + _U32(1)
-  j = jnp.arange(1, m, dtype=_U32)
-  even = lo + jnp.minimum(j * step - _U32(1), span - _U32(1))
-  return jnp.concatenate([even, (hi - _U32(1))[None]])
-
-
-def _search(state, x, count_fn, k_active, done_fn=None):
-  """Narrows ``state`` (see `_narrow`) to one key or until ``done_fn``.
-
-  Args:
-    state: ``(lo, hi, below, upto)``.
-    x: the array that ``count_fn(x, thresholds)`` counts in.
-    count_fn: returns the ``(m,)`` counts of keys ``<=`` each threshold.
-    k_active: the target rank.
-    done_fn: an optional early stop, ``done_fn(state) -> bool``.
-
-  Returns:
-    The final state.
-  """
-
-  def cond(carry):
-    lo, hi, _, _ = state = carry[0]
-    if done_fn is None:
-      return lo < hi
-    return (lo < hi) & ~done_fn(state)
-
-  def body(carry):
-    state, x = carry
-    # Ties `x` to the loop state, so that XLA cannot hoist the raw-bit view
-    # of `x` out of the loop and materialize it (a copy of the scores).
-    x, lo = lax.optimization_barrier((x, state[0]))
-    thresholds = _split_thresholds(lo, state[1])
-    counts = count_fn(x, thresholds)
-    return _narrow(state, thresholds, counts, k_active), x
-
-  return lax.while_loop(cond, body, (state, x))[0]
+  span = hi - lo
+  third = (span - _U32(1)) // _U32(3)
+  even_a, even_b = lo + third, lo + _U32(2) * third
+  fraction = (target - below).astype(jnp.float32) - 0.5
+  fraction /= jnp.maximum(upto - below, _U32(1)).astype(jnp.float32)
+  guess = jnp.clip(fraction, 0.0, 1.0) * span.astype(jnp.float32)
+  guess = lo + jnp.minimum(guess.astype(_U32), span - _U32(1))
+  step = jnp.maximum(span // _U32(64), _U32(1))
+  near_a = jnp.where(guess - lo > step, guess - step, lo)
+  near_b = guess + jnp.minimum(step, hi - _U32(1) - guess)
+  # Sorts the four by compare-exchange; all are at most hi - 1.
+  a, b, c, d = even_a, even_b, near_a, near_b
+  a, c = jnp.minimum(a, c), jnp.maximum(a, c)
+  b, d = jnp.minimum(b, d), jnp.maximum(b, d)
+  a, b = jnp.minimum(a, b), jnp.maximum(a, b)
+  c, d = jnp.minimum(c, d), jnp.maximum(c, d)
+  b, c = jnp.minimum(b, c), jnp.maximum(b, c)
+  return jnp.stack([a, b, c, d, hi - _U32(1)])
 
 
 def _select_bit(words: jax.Array, rank: jax.Array) -> jax.Array:
@@ -431,33 +458,28 @@ def _select_bit(words: jax.Array, rank: jax.Array) -> jax.Array:
   return pos.astype(jnp.int32)
 
 
-def _compact(words: jax.Array, size: int, windows: bool) -> jax.Array:
+def _compact(words: jax.Array, size: int) -> jax.Array:
   """Ascending flat positions of the first ``size`` set bits of ``words``.
 
-  Slots past the number of set bits hold unspecified values.
+  Each word's 32 candidate positions are scattered as one window at the
+  word's offset (a prefix sum of the words' bit counts), in chunks of
+  words. The work is proportional to the tensor, not to ``size``; expanding
+  slots to words instead (a scatter and a prefix sum over the slots) is up
+  to a third faster on CPU below a million slots, but costs a second prefix
+  sum, which XLA:CPU compiles into some six kernels.
 
   Args:
     words: packed bits, bit ``i`` of word ``w`` standing for entry
       ``32 * w + i``.
     size: the static number of slots.
-    windows: scatter each word's 32 candidate positions as one window (work
-      proportional to the tensor; best for large ``size``), or else expand
-      slots to words with a scatter-add and a cumsum over the slots (work
-      proportional to ``size``).
 
   Returns:
-    A ``(size,)`` int32 array.
+    A ``(size,)`` int32 array; slots past the number of set bits hold
+    unspecified values.
   """
   num_words = words.shape[0]
   counts = _popcount(words)
-  ends = jnp.cumsum(counts, dtype=jnp.int32)
-  starts = ends - counts
-  if not windows:
-    # The word holding slot j is the number of words that end at or before j.
-    ended = jnp.zeros((size,), jnp.int32).at[ends].add(1, mode="drop")
-    word = jnp.minimum(jnp.cumsum(ended, dtype=jnp.int32), num_words - 1)
-    rank = jnp.arange(size, dtype=jnp.int32) - starts[word]
-    return word * 32 + _select_bit(words[word], jnp.clip(rank, 0, 31))
+  starts = jnp.cumsum(counts, dtype=jnp.int32) - counts
   chunk = min(_WINDOW_CHUNK, num_words)
   num_chunks = -(-num_words // chunk)
   pad = num_chunks * chunk - num_words
@@ -498,134 +520,121 @@ def _compact(words: jax.Array, size: int, windows: bool) -> jax.Array:
   return out[:size]
 
 
+# The search state of `_radix_lowest_k`, one uint32 vector (so that each
+# pass updates it in one small kernel, not one per field).
+_LO, _HI, _BELOW, _UPTO, _PHASE, _KEY, _BASE, _PASSES = range(8)
+# Its phases.
+_KEY_PHASE, _INDEX_PHASE, _DONE = 0, 1, 2
+
+
 def _radix_lowest_k(
   scores: jax.Array,
   k: int,
   k_active: jax.Array | None,
   sample_size: int = _SAMPLE_SIZE,
-  capacity: int | None = None,
 ) -> jax.Array:
   """The ``"radix"`` backend: exact bottom-k without a sort of ``scores``.
 
   1. Keys: the scores' bits, mapped so that unsigned integer order is float
      order (`_order_keys`). Passes over the scores test key ranges on the
-     raw bits instead (`_key_le`).
-  2. Threshold key ``t``, the ``k_active``-th smallest key. A strided sample
-     of ``sample_size`` scores is sorted; one counting pass over the scores
-     counts the keys ``<=`` five sample quantiles around the target rank,
-     which brackets ``t`` in ``[lo, hi]``. While more than ``capacity`` keys
-     remain in the bracket (rare: ties, or a sample that misrepresents the
-     tensor), further passes cut it about five-fold. The keys in the bracket are
-     then compacted into a ``(capacity,)`` buffer, where the same search
-     finishes cheaply. Each pass packs its five counts into 6-bit fields, so
-     it reads the scores once.
-  3. Ties at ``t``: the buffer gives the flat index of the last tied entry to
-     take (lower indices first); a pass over packed equality bits gives it
-     when the buffer cannot.
+     raw bits instead (`_key_le`), so XLA fuses each pass into one loop.
+  2. The threshold key ``t``, the ``k_active``-th smallest key, by counting
+     passes. The first counts five quantiles of a sorted strided sample of
+     ``sample_size`` scores around the target rank, which brackets ``t`` in
+     ``[lo, hi]`` holding a fraction of a percent of the entries; each later
+     pass counts five thresholds inside the bracket, two at an
+     interpolation of where the target lies (`_next_thresholds`), and keeps
+     the gap that holds it. The search stops as soon as exactly
+     ``k_active`` entries lie up to ``hi`` (then ``t = hi`` and no tie needs
+     breaking), else when the bracket is one key.
+  3. Ties at ``t``, when more entries share the key than are wanted: the
+     same passes, now over flat indices among the tied entries, find the
+     last index to take (lower indices first).
   4. Extraction: one pass packs ``key < t or (key == t and index <= cut)``
      into words, and `_compact` turns the words into ascending indices.
 
-  Everything runs on raw bits (`_key_le`), so XLA fuses each pass into one
-  loop over the scores; nothing of size n is materialized. If ``scores`` is
-  an expression (``jnp.abs(params)``), XLA materializes it once, since the
-  fallback loop takes it as an operand. Timings: see ``_AUTO_BACKEND``.
+  One while loop runs all passes of steps 2 and 3 (one counting kernel, a
+  phase flag in the state), so XLA:CPU compiles few kernels: about 30, a
+  third of a sort-free design with a candidate buffer, which matters where
+  a model compiles one selection per tensor shape. Nothing of size n is
+  materialized beyond the scores themselves (an expression such as
+  ``jnp.abs(params)`` is materialized once, as the loop's operand).
+  Timings: see ``_AUTO_BACKEND``.
 
   Args:
     scores: a 1-D float32, bfloat16 or float16 array.
     k: the static buffer size, ``1 <= k <= n``.
     k_active: an int32 scalar in ``[1, k]``, or ``None`` for ``k``.
-    sample_size: the number of sampled scores.
-    capacity: the candidate buffer size; ``None`` picks one from ``n``.
+    sample_size: the number of sampled scores; the whole tensor (sorted)
+      when it has at most this many entries.
 
   Returns:
     The ``(k,)`` int32 array that `lowest_k_indices` describes.
   """
   n = scores.shape[0]
-  key_top = _U32((1 << _KEY_BITS[jnp.dtype(scores.dtype)]) - 1)
-  if k_active is None:
-    target = jnp.int32(k)
-  else:
-    target = jnp.asarray(k_active, jnp.int32)
-  if capacity is None:
-    # A power of two >= n / 128: the first pass leaves about
-    # 1.3 * n * sqrt(p (1 - p) / sample_size) keys, p = k_active / n.
-    capacity = max(1 << 14, 1 << (-(-n // 128) - 1).bit_length())
+  key_top = (1 << _KEY_BITS[jnp.dtype(scores.dtype)]) - 1
+  target = _U32(k) if k_active is None else jnp.asarray(k_active, _U32)
 
-  score_le = lambda block, t: _key_le(_raw_bits(block), t)
-  count_scores = lambda x, ts: _count_le(x, ts, score_le)
-  if n <= capacity:
-    # Every entry is a candidate.
-    state = (_U32(0), key_top, jnp.int32(0), jnp.int32(n))
-    capacity = -(-n // 32) * 32
-    position = jnp.arange(capacity, dtype=jnp.int32)
-  else:
-    stride = (n // sample_size) | 1  # odd: no aliasing with 2^i-wide rows
-    sample = jnp.sort(_order_keys(scores[::stride]))
-    m = sample.shape[0]
-    rank = (target.astype(jnp.float32) - 0.5) * (m / n)
-    sigma = jnp.sqrt(rank * (1.0 - rank / m)) + 1.0
-    at = rank + sigma * jnp.asarray(_SAMPLE_SIGMAS, jnp.float32)
-    at = jnp.clip(jnp.round(at), 0, m - 1).astype(jnp.int32)
-    thresholds = sample[at]
-    # A run of equal thresholds (ties) wastes passes; test one below instead.
-    repeat = thresholds[:-1] == thresholds[1:]
-    lower = jnp.where(
-      repeat & (thresholds[:-1] > 0), thresholds[:-1] - _U32(1), thresholds[:-1]
-    )
-    thresholds = jnp.concatenate([lower, thresholds[-1:]])
-    state = (_U32(0), key_top, jnp.int32(0), jnp.int32(n))
-    state = _narrow(state, thresholds, count_scores(scores, thresholds), target)
-    state = _search(
-      state,
-      scores,
-      count_scores,
-      target,
-      lambda s: s[3] - s[2] <= capacity,
-    )
-    lo, hi = state[0], state[1]
-    words = _packed_mask(
-      scores, lambda bits, _: _key_le(bits, hi) & ~_key_lt(bits, lo)
-    )
-    position = _compact(words, capacity, windows=False)
+  # First thresholds: sample ranks some standard deviations around the
+  # target's, whose keys bracket it with high probability.
+  stride = (n // sample_size) | 1  # odd: no aliasing with 2^i-wide rows
+  sample = jnp.sort(_order_keys(scores[::stride]))
+  m = sample.shape[0]
+  rank = (target.astype(jnp.float32) - 0.5) * (m / n)
+  sigma = jnp.sqrt(jnp.maximum(rank * (1.0 - rank / m), 0.0)) + 1.0
+  at = rank + sigma * jnp.asarray(_SAMPLE_SIGMAS, jnp.float32)
+  at = jnp.clip(jnp.round(at), 0, m - 1).astype(jnp.int32)
+  first = sample[at]
+  # A run of equal thresholds (ties) wastes a pass; test one below instead.
+  repeat = first[:-1] == first[1:]
+  lower = jnp.where(repeat & (first[:-1] > 0), first[:-1] - 1, first[:-1])
+  first = jnp.concatenate([lower, first[-1:]])
 
-  # Candidate keys; empty slots get `hi`, which no threshold below `hi` counts.
-  lo, hi, below, upto = state
-  filled = jnp.arange(capacity, dtype=jnp.int32) < upto - below
-  position = jnp.where(filled, position, n - 1)
-  candidate = jnp.where(filled, _order_keys(scores[position]), hi)
-  candidate_le = lambda block, t: block <= t
-  count_candidates = lambda x, ts: below + _count_le(x, ts, candidate_le)
-  threshold = _search(state, candidate, count_candidates, target)[0]
+  def hit(bits, at_most, t, v):
+    """Key phase: key <= t. Index phase: tied at the key, index <= t."""
+    tied = _key_le(bits, v[_KEY]) & ~_key_lt(bits, v[_KEY])
+    index_phase = tied & at_most(t)
+    return jnp.where(v[_PHASE] == _KEY_PHASE, _key_le(bits, t), index_phase)
 
-  # Ties: take the lowest-index entries whose key equals the threshold.
-  less = below + jnp.sum(filled & (candidate < threshold), dtype=jnp.int32)
-  need = target - less
-  tied = jnp.cumsum(filled & (candidate == threshold), dtype=jnp.int32)
-  found = tied[-1] >= need
-  cut_from_buffer = position[jnp.argmax(tied >= need)]
+  def body(carry):
+    v, x = carry
+    # Ties `x` to the loop state, so that XLA cannot hoist the raw-bit view
+    # of `x` out of the loop and materialize it (a copy of the scores).
+    x, v = lax.optimization_barrier((x, v))
+    key_phase = v[_PHASE] == _KEY_PHASE
+    later = _next_thresholds(v[_LO], v[_HI], v[_BELOW], v[_UPTO], target)
+    thresholds = jnp.where(v[_PASSES] == 0, first, later)
+    counts = _count_at(x, thresholds, lambda b, i, t: hit(b, i, t, v))
+    # Index-phase counts add the entries keyed below the threshold.
+    counts += jnp.where(key_phase, _U32(0), v[_BASE])
+    state = (v[_LO], v[_HI], v[_BELOW], v[_UPTO])
+    lo, hi, below, upto = _narrow(state, thresholds, counts, target)
+    exact = upto == target  # take every entry up to hi
+    done = exact | (lo == hi)
+    to_index = key_phase & done & ~exact  # more entries tie at the key
+    key = jnp.where(key_phase & done, hi, v[_KEY])
+    base = jnp.where(key_phase & done, below, v[_BASE])
+    # Once done, lo holds the last index to take.
+    last = jnp.where(key_phase, _U32(n - 1), hi)
+    lo = jnp.where(to_index, _U32(0), jnp.where(done, last, lo))
+    hi = jnp.where(to_index, _U32(n - 1), hi)
+    phase = jnp.where(to_index, _U32(_INDEX_PHASE), v[_PHASE])
+    phase = jnp.where(done & ~to_index, _U32(_DONE), phase)
+    passes = v[_PASSES] + _U32(1)
+    return jnp.stack([lo, hi, below, upto, phase, key, base, passes]), x
 
+  start = [0, key_top, 0, n, _KEY_PHASE, 0, 0, 0]
+  start = jnp.asarray(start, _U32)
+  v = lax.while_loop(
+    lambda carry: carry[0][_PHASE] != _DONE, body, (start, scores)
+  )[0]
+  threshold, cut = v[_KEY], v[_LO].astype(jnp.int32)
   below_threshold = lambda bits: _key_lt(bits, threshold)
   is_threshold = lambda bits: _key_le(bits, threshold) & ~below_threshold(bits)
-
-  def cut_from_pass():
-    # Only when more than `capacity` entries tie at the threshold.
-    words = _packed_mask(scores, lambda bits, _: is_threshold(bits))
-    counts = jnp.cumsum(_popcount(words), dtype=jnp.int32)
-    word = jnp.argmax(counts >= need).astype(jnp.int32)
-    rank = need - 1 - (counts[word] - _popcount(words[word]))
-    return word * 32 + _select_bit(words[word], rank)
-
-  if n <= capacity:
-    cut = cut_from_buffer  # the buffer holds every entry
-  else:
-    cut = lax.cond(found, lambda: cut_from_buffer, cut_from_pass)
-
   words = _packed_mask(
     scores,
     lambda bits, index: (
       below_threshold(bits) | (is_threshold(bits) & (index <= cut))
     ),
   )
-  windows = k >= _WINDOW_DENSITY * n and k >= _WINDOW_MIN_K
-  indices = _compact(words, k, windows=windows)
-  return pad_inactive(indices, n, target)
+  return pad_inactive(_compact(words, k), n, target.astype(jnp.int32))

@@ -53,9 +53,7 @@ def _select(selection, k, **kwargs):
     if selection == "radix_small":
       # Tiny sample and buffer: runs the fallback search passes and the
       # tie pass that a default-sized buffer rarely needs.
-      return _selection._radix_lowest_k(
-        scores, k, k_active, sample_size=64, capacity=64
-      )
+      return _selection._radix_lowest_k(scores, k, k_active, sample_size=64)
     return _selection.lowest_k_indices(scores, k, k_active, selection)
 
   return select
@@ -176,7 +174,7 @@ def test_radix_large_tensor(selection):
       np.testing.assert_array_equal(got, _reference(scores, k, k_active))
 
 
-def test_radix_compactions_agree():
+def test_radix_compaction():
   rng = np.random.default_rng(4)
   # 40_000 words: three chunks of windows.
   words = rng.integers(0, 2**32, 40_000, dtype=np.uint64)
@@ -186,11 +184,8 @@ def test_radix_compactions_agree():
     np.asarray(words).view(np.uint8).reshape(-1, 4), axis=1, bitorder="little"
   ).reshape(-1)
   want = np.flatnonzero(bits).astype(np.int32)
-  for windows in (False, True):
-    compact = functools.partial(
-      _selection._compact, size=want.shape[0], windows=windows
-    )
-    np.testing.assert_array_equal(jax.jit(compact)(words), want)
+  compact = functools.partial(_selection._compact, size=want.shape[0])
+  np.testing.assert_array_equal(jax.jit(compact)(words), want)
 
 
 def test_jit_compiles_once_and_k_active_is_traced():
