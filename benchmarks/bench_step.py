@@ -4,8 +4,10 @@ For each tensor size and density it times the jitted ``update`` of
 ``optax.adamw`` and of ``nanoadam`` (a steady step, a re-selection step, and
 their mix at ``mask_interval=100``), reports persistent state bytes, and reads
 the peak memory of a whole jitted training step (params, grads, state, with
-donation) from XLA's compiled memory analysis. Every number is a ratio to
-AdamW measured in the same run.
+donation) from XLA's compiled memory analysis. Then it runs the case a user
+feels (``train_step.py``): the whole donated training step of a MiniLM-shaped
+BERT, its compile time, steady and re-selection step times and peak memory.
+Every number is a ratio to AdamW measured in the same run.
 
   python benchmarks/bench_step.py                 # the full table (minutes)
   python benchmarks/bench_step.py --quick         # a smoke run (seconds)
@@ -24,6 +26,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import optax
+import train_step
 
 import nanoadam_jax as na
 
@@ -303,6 +306,12 @@ def main() -> None:
   print(speed)
   print()
   print(memory)
+  print("\nTraining step of a BERT (train_step.py) ...", flush=True)
+  bert_result = train_step.run_case(args.quick, args.selection)
+  bert_case = train_step.describe_case(bert_result)
+  bert_table = train_step.format_table(bert_result)
+  print(bert_case)
+  print(bert_table)
 
   args.out.mkdir(parents=True, exist_ok=True)
   plot(rows, args.out / "step_ratios.png")
@@ -323,7 +332,20 @@ def main() -> None:
     "## Peak memory of a donated, jitted training step\n\n"
     "From `jax.jit(step, donate_argnums=(0, 1)).lower(...).compile()"
     ".memory_analysis()`: arguments + outputs - aliased + temporaries.\n\n"
-    f"{memory}\n"
+    f"{memory}\n\n"
+    "## A whole training step of a MiniLM-shaped BERT\n\n"
+    f"{bert_case} Jitted step (forward, backward, update, "
+    "`optax.apply_updates`) with params and state donated; AdamW and "
+    f"NanoAdam (density {train_step.DENSITY}, exclude="
+    f"`{train_step.EXCLUDE!r}`) interleaved. Compile: fresh `jax.jit` "
+    "functions, AdamW and NanoAdam alternating, median over rounds of the "
+    "ratio of totals (trace + lower + compile). Steady: blocks of steps that "
+    "keep the selection; re-selection: the same executable with the step "
+    f"count set to {MASK_INTERVAL} before every call, so every step selects "
+    "anew (and remaps the moments); amortized: "
+    f"{MASK_INTERVAL - 1} steady steps and one re-selection. Peak memory: "
+    "XLA's compiled memory analysis of the donated step.\n\n"
+    f"{bert_table}\n"
   )
   print(f"\nwrote {args.out / 'RESULTS.md'}")
 

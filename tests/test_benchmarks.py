@@ -19,4 +19,8 @@ def test_bench_step_quick_writes_its_table(tmp_path):
   results = (tmp_path / "RESULTS.md").read_text()
   assert "| 65,536 | 0.1 |" in results
   assert "| nanoadam d=0.1 |" in results
+  # The whole BERT training step: compile, step times and peak memory.
+  assert "## A whole training step of a MiniLM-shaped BERT" in results
+  for measure in ("compile, train step", "re-selection train step"):
+    assert f"| {measure} |" in results
   assert (tmp_path / "step_ratios.png").stat().st_size > 10_000
