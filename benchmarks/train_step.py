@@ -211,7 +211,7 @@ def run(
     calls["adamw"], calls["nanoadam"], time_rounds, block
   )
   _, reselect = time_against_adamw(
-    calls["adamw"], calls["reselect"], max(3, time_rounds // 2), block
+    calls["adamw"], calls["reselect"], time_rounds, block
   )
   amortized = ((MASK_INTERVAL - 1) * steady + reselect) / MASK_INTERVAL
   return dict(
