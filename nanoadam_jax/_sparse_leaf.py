@@ -230,8 +230,13 @@ class SparseLeaf:
     wanted = _tree.ceil_count(fraction, layout.row_size)
     return jnp.clip(wanted, 1, layout.k).astype(jnp.int32)
 
-  def _scores(self, param: jax.Array, step: jax.Array) -> jax.Array:
-    """Per-row scores, float32; the lowest are selected, padding never is."""
+  def scores(self, param: jax.Array, step: jax.Array) -> jax.Array:
+    """Per-row scores, float32 or the param's dtype; the lowest are selected,
+    padding never is.
+
+    Returns:
+      The layout's rows, shape=(row_size,) or (rows, row_size).
+    """
     config = self.config
     if config.select == "random":
       key = jax.random.fold_in(jax.random.key(config.seed), step)
@@ -244,6 +249,12 @@ class SparseLeaf:
     return _layout.to_rows(
       _mesh.unsharded(scores), self.layout, pad_value=jnp.inf
     )
+
+  def active_counts(self, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """``k_t`` in force at ``step`` and before it (0 before the first
+    update, when nothing was selected)."""
+    old = jnp.where(step == 0, 0, self.active_count(step - 1))
+    return self.active_count(step), old
 
   def reselect(
     self, param: jax.Array, step: jax.Array, buffers: Buffers
@@ -261,14 +272,33 @@ class SparseLeaf:
       ones of entries selected before and after, zero for new entries; under
       ``"reset"``: zero). Shapes, dtypes and shardings are the buffers'.
     """
+    return self.reselect_rows(self.scores(param, step), step, buffers)
+
+  def reselect_rows(
+    self,
+    scores: jax.Array,
+    step: jax.Array,
+    buffers: Buffers,
+    active: tuple[jax.Array, jax.Array] | None = None,
+  ) -> Buffers:
+    """:meth:`reselect` from the rows of :meth:`scores`.
+
+    A group of leaves re-selects through one leaf laid out for the largest of
+    them (see ``_grouping``): ``scores`` and ``buffers`` are then a smaller
+    leaf's, padded, and ``active`` gives that leaf's
+    :meth:`active_counts`.
+    """
     config, layout = self.config, self.layout
-    new_active = self.active_count(step)
-    # The count in force before this step; nothing was selected before 0.
-    old_active = jnp.where(step == 0, 0, self.active_count(step - 1))
-    slots = jnp.arange(layout.k, dtype=jnp.int32)
     schedule_active = None
-    if config.density_schedule is not None:
+    if active is None:
+      new_active, old_active = self.active_counts(step)
+      if config.density_schedule is not None:
+        schedule_active = new_active
+    else:
+      new_active, old_active = active
+      # A padded leaf's k_t lies below its buffer's k even without a schedule.
       schedule_active = new_active
+    slots = jnp.arange(layout.k, dtype=jnp.int32)
 
     def row(scores, old, mu, nu):
       chosen = _selection.lowest_k_indices(
@@ -276,20 +306,32 @@ class SparseLeaf:
       )
       if config.moments == "reset":
         return chosen, jnp.zeros_like(mu), jnp.zeros_like(nu)
-      # Both selections ascend within their active slots (inactive ones get
-      # out-of-row values here), so a binary search finds each chosen index
-      # among the old ones.
+      # The old slot of each chosen index, read from a row-sized map holding
+      # each active old index's slot (k elsewhere). Inactive old slots get
+      # out-of-row indices, which the map drops. (A binary search of the old
+      # indices takes log2(k) rounds of k gathers: some 20 rounds of a
+      # million for a large embedding.)
       old = jnp.where(
         slots < old_active, old.astype(jnp.int32), layout.row_size + slots
       )
-      at = jnp.minimum(jnp.searchsorted(old, chosen), layout.k - 1)
-      kept = (old[at] == chosen) & (at < old_active) & (slots < new_active)
+      slot_of = jnp.full((layout.row_size,), layout.k, jnp.int32)
+      slot_of = slot_of.at[old].set(
+        slots, mode="drop", indices_are_sorted=True, unique_indices=True
+      )
+      at = slot_of.at[chosen].get(
+        mode="fill",
+        fill_value=layout.k,
+        indices_are_sorted=True,
+        unique_indices=True,
+      )
+      kept = (at < old_active) & (slots < new_active)
+      at = jnp.minimum(at, layout.k - 1)
       mu = jnp.where(kept, mu[at], jnp.zeros_like(mu))
       nu = jnp.where(kept, nu[at], jnp.zeros_like(nu))
       return chosen, mu, nu
 
     chosen, mu, nu = _layout.per_row(row, layout)(
-      self._scores(param, step), *map(_mesh.unsharded, buffers)
+      scores, *map(_mesh.unsharded, buffers)
     )
     chosen = chosen.astype(layout.index_dtype)
     # Both branches of the selection cond must give the same shardings.
@@ -354,6 +396,9 @@ class SparseLeaf:
         # fill them with zeros, so their moments and direction stay zero,
         # and scatters drop them.
         where = jnp.where(active, where, layout.row_size + slots)
+      # Unsigned: no wrapping of negative indices around the gathers and the
+      # scatter (a fusion each per leaf that XLA cannot prove needless).
+      where = where.astype(jnp.uint32)
       selected_grad = grad.at[where].get(**gather, **sorted_unique)
       direction, mu, nu = _adam.adam_direction(
         selected_grad,

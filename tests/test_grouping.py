@@ -1,0 +1,136 @@
+"""Tests for `nanoadam_jax._grouping` and the grouped re-selection."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import nanoadam_jax as na
+from nanoadam_jax import _grouping
+from nanoadam_jax import _sparse_leaf
+from tests.conftest import random_grads
+from tests.conftest import strict_schedule
+from tests.test_sparse_leaf import make_config
+
+
+def test_size_classes_stay_within_the_ratio():
+  sizes = [384, 11_720_448, 147_456, 589_824, 196_608, 1536, 768, 147_456]
+  classes = _grouping.size_classes(sizes)
+  assert sorted(j for c in classes for j in c) == list(range(len(sizes)))
+  for members in classes:
+    assert max(sizes[j] for j in members) <= 4 * min(sizes[j] for j in members)
+  # MiniLM's sparse sizes: the embedding, the matrices, the vectors.
+  assert [sorted(sizes[j] for j in c) for c in classes] == [
+    [11_720_448],
+    [147_456, 147_456, 196_608, 589_824],
+    [384, 768, 1536],
+  ]
+
+
+def test_map_leaves_runs_fn_per_leaf():
+  inputs = [lambda i=i: jnp.full((5,), float(i)) for i in range(4)]
+  carried = [(jnp.arange(3) * i, jnp.float32(i)) for i in range(4)]
+  fn = lambda x, c: (c[0] + x[:3].astype(jnp.int32), c[1] * 2 + x.sum())
+  got = _grouping.map_leaves(fn, inputs, carried)
+  for i, (a, b) in enumerate(got):
+    want_a, want_b = fn(inputs[i](), carried[i])
+    np.testing.assert_array_equal(a, want_a)
+    np.testing.assert_array_equal(b, want_b)
+
+
+# Sizes within a factor 4 (one padded group), a vector, and an excluded leaf.
+PARAMS = {
+  "a": np.random.default_rng(0).normal(size=(40,)),
+  "b": np.random.default_rng(1).normal(size=(7, 10)),
+  "c": np.random.default_rng(2).normal(size=(130,)),
+  "d": np.random.default_rng(3).normal(size=(6,)),
+  "norm": np.random.default_rng(4).normal(size=(8,)),
+}
+
+
+def _run(tx, steps=9):
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), PARAMS)
+  state = tx.init(params)
+  # A fresh function: jax.jit(tx.update) would reuse an earlier trace.
+  update = jax.jit(lambda g, s, p: tx.update(g, s, p))
+  history = []
+  for grads in random_grads(params, steps):
+    updates, state = update(grads, state, params)
+    params = optax.apply_updates(params, updates)
+    history.append((updates, state))
+  return history
+
+
+@pytest.mark.parametrize(
+  "options",
+  [
+    dict(),
+    dict(select="largest", moments="reset"),
+    dict(select="random"),
+    dict(
+      density_schedule=strict_schedule(optax.linear_schedule(0.5, 0.2, 6)),
+      density_interval=2,
+    ),
+  ],
+  ids=["smallest", "largest-reset", "random", "schedule"],
+)
+def test_grouped_reselection_equals_leaf_by_leaf(monkeypatch, options):
+  tx = na.nanoadam(
+    0.05, density=0.5, mask_interval=3, exclude="norm", **options
+  )
+  grouped = _run(tx)
+  # More than one device: every leaf re-selects alone.
+  monkeypatch.setattr(jax, "device_count", lambda: 2)
+  alone = _run(tx)
+  for (updates, state), (want_updates, want_state) in zip(
+    grouped, alone, strict=True
+  ):
+    for got, want in zip(
+      jax.tree.leaves(state[0].indices),
+      jax.tree.leaves(want_state[0].indices),
+      strict=True,
+    ):
+      np.testing.assert_array_equal(got, want)
+    for got, want in zip(
+      jax.tree.leaves((updates, state[0].mu, state[0].nu)),
+      jax.tree.leaves((want_updates, want_state[0].mu, want_state[0].nu)),
+      strict=True,
+    ):
+      np.testing.assert_allclose(got, want, rtol=1e-6, atol=0)
+
+
+def test_selection_groups_split_by_size_dtype_and_layout():
+  config = make_config(density=0.5)
+  blocks = make_config(density=0.5, block_size=16)
+  shapes = [  # (config, shape, dtype)
+    (config, (40,), jnp.float32),  # 0: with 2 and 3
+    (config, (2_000,), jnp.float32),  # 1: over 4x the others: alone
+    (config, (7, 10), jnp.float32),  # 2
+    (config, (130,), jnp.float32),  # 3
+    (config, (70,), jnp.bfloat16),  # 4: another dtype
+    (blocks, (64,), jnp.float32),  # 5: blocks group with equal layouts
+    (blocks, (64,), jnp.float32),  # 6
+    (blocks, (80,), jnp.float32),  # 7
+    (config, (2**20 + 1,), jnp.float32),  # 8: too large to stack
+    (config, (2**20,), jnp.float32),  # 9: the largest that groups
+  ]
+  leaves = [
+    _sparse_leaf.SparseLeaf.build(c, f"p{j}", shape, dtype, j, j)
+    for j, (c, shape, dtype) in enumerate(shapes)
+  ]
+  params = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves]
+  buffers = [
+    tuple(jax.ShapeDtypeStruct(b.shape, b.dtype) for b in leaf.init())
+    for leaf in leaves
+  ]
+  groups = _grouping.selection_groups(leaves, params, buffers)
+  assert sorted(map(sorted, groups)) == [
+    [0, 2, 3],
+    [1],
+    [4],
+    [5, 6],
+    [7],
+    [8],
+    [9],
+  ]
