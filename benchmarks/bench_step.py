@@ -177,6 +177,19 @@ def memory_table(width: int, depth: int, densities, selection: str) -> list:
     tx = na.nanoadam(1e-3, density=density, selection=selection)
     peak = train_step_peak_bytes(tx, shapes, batch)
     rows.append((f"nanoadam d={density}", peak, peak / adamw_peak))
+  # 16-bit moments per tensor (8 bytes an entry, stochastically rounded).
+  for density in densities:
+    tx = na.nanoadam(
+      1e-3,
+      density=density,
+      selection=selection,
+      mu_dtype=jnp.bfloat16,
+      nu_dtype=jnp.bfloat16,
+    )
+    peak = train_step_peak_bytes(tx, shapes, batch)
+    rows.append(
+      (f"nanoadam d={density}, 16-bit moments", peak, peak / adamw_peak)
+    )
   # The paper's storage: int16 block indices, bfloat16 moments (6 bytes an
   # entry, stochastically rounded).
   for density in densities:

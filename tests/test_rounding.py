@@ -74,3 +74,23 @@ def test_bfloat16_second_moment_does_not_drift(kind):
   nearest = float(_second_moment(gradients, jnp.bfloat16, False).mean())
   assert abs(stochastic / reference - 1) < 0.03, (stochastic, reference)
   assert abs(nearest / reference - 1) > 0.03, (nearest, reference)
+
+
+def test_uniform_bits_are_uniform_and_independent():
+  n = 1 << 18
+  u = np.asarray(_rounding.uniform_bits(jax.random.key(0), (n,), jnp.float32))
+  assert u.min() >= 0.0 and u.max() < 1.0
+  # 64 equal bins: a chi-square of 63 degrees of freedom (sd 11.2).
+  counts = np.bincount((u * 64).astype(int), minlength=64)
+  chi2 = ((counts - n / 64) ** 2 / (n / 64)).sum()
+  assert chi2 < 63 + 6 * 11.2, chi2
+  # Neighbouring positions, and the next step's key at the same position,
+  # are uncorrelated (s.e. of a correlation: 1 / sqrt(n) = 0.002).
+  assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01
+  other = _rounding.uniform_bits(jax.random.key(1), (n,), jnp.float32)
+  assert abs(np.corrcoef(u, np.asarray(other))[0, 1]) < 0.01
+  # Low bits carry randomness too: the grid of 2**-24 is used.
+  assert len(np.unique(u)) > 0.98 * n  # 0.992 n expected from collisions
+  # The same key gives the same numbers; the shape only arranges them.
+  again = _rounding.uniform_bits(jax.random.key(0), (n // 2, 2), jnp.float32)
+  np.testing.assert_array_equal(np.asarray(again).reshape(-1), u)
