@@ -17,6 +17,7 @@ folder of this script).
 """
 
 import argparse
+import datetime
 import os
 import platform
 import statistics
@@ -330,7 +331,7 @@ def main() -> None:
   plot(rows, args.out / "step_ratios.png")
   (args.out / "RESULTS.md").write_text(
     "# NanoAdam step against optax.adamw\n\n"
-    f"Machine: {machine_description()}.\n"
+    f"Machine: {machine_description()}. Date: {datetime.date.today()}.\n"
     f"Selection backend: `{args.selection}`. Produced by "
     f"`python benchmarks/bench_step.py{' --quick' if args.quick else ''}`."
     "\n\n## Update time, as a ratio to optax.adamw in the same run\n\n"
