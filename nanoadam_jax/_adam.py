@@ -8,12 +8,12 @@ import jax.numpy as jnp
 from nanoadam_jax import _rounding
 from nanoadam_jax._checks import concrete_float
 
-_MAX_INT32 = 2**31 - 1
+MAX_INT32 = 2**31 - 1  # step counts and flat indices are int32
 
 
 def safe_increment(count: jax.Array) -> jax.Array:
   """``count + 1``, saturating at the int32 maximum instead of wrapping."""
-  return jnp.where(count < _MAX_INT32, count + 1, count)
+  return jnp.where(count < MAX_INT32, count + 1, count)
 
 
 def _one_minus(decay: Any, dtype: Any) -> jax.Array:

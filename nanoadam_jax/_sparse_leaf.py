@@ -33,9 +33,6 @@ from nanoadam_jax import _rounding
 from nanoadam_jax import _selection
 from nanoadam_jax import _tree
 
-# Inactive slots point at ``row_size + slot``, which must fit int32.
-_MAX_INT32 = 2**31 - 1
-
 # A sparse leaf's state: (indices, mu, nu), each of the layout's
 # ``buffer_shape``: (k,), or (rows, k) for blocks.
 Buffers = tuple[jax.Array, jax.Array, jax.Array]
@@ -187,7 +184,7 @@ class SparseLeaf:
       config.block_size,
     )
     # Padding slots hold ``row_size + slot``, which must fit int32.
-    if layout.row_size + layout.k - 1 > _MAX_INT32:
+    if layout.row_size + layout.k - 1 > _adam.MAX_INT32:
       raise ValueError(
         f"Parameter {path!r} has {layout.n} entries, beyond int32 flat "
         "indices. Use granularity='block' (block-local indices), or "
