@@ -20,8 +20,6 @@ import argparse
 import datetime
 import os
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import jax
@@ -32,34 +30,6 @@ import train_step
 import nanoadam_jax as na
 
 MASK_INTERVAL = 100
-
-
-def time_against_adamw(adamw_call, nano_call, rounds: int, block: int = 5):
-  """Times two zero-argument calls in alternating blocks of ``block`` calls.
-
-  Returns AdamW's median time in ms and the median, over rounds, of the
-  NanoAdam/AdamW ratio of the two blocks' medians. Blocks let each optimizer
-  run back to back, as its steps do in training (strict alternation makes
-  each call find the other's buffers in the allocator and cache); rounds let
-  a slow spell of a shared machine hit both sides of a ratio alike.
-  """
-
-  def block_median(call):
-    times = []
-    for _ in range(block):
-      start = time.perf_counter()
-      jax.block_until_ready(call())
-      times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-  for call in (adamw_call, nano_call):
-    jax.block_until_ready(call())  # compile and warm up
-  adamw_times, ratios = [], []
-  for _ in range(rounds):
-    adamw_time = block_median(adamw_call)
-    adamw_times.append(adamw_time)
-    ratios.append(block_median(nano_call) / adamw_time)
-  return 1e3 * statistics.median(adamw_times), statistics.median(ratios)
 
 
 def donated_steps(tx, state, grads, params):
@@ -96,13 +66,13 @@ def time_updates(n: int, density: float, selection: str) -> dict:
   # through its steps (AdamW then updates its moments in place). NanoAdam's
   # steady run starts at count 1 and never reaches the next re-selection.
   run_adamw = donated_steps(adamw, adamw.init(params), grads, params)
-  adamw_ms, steady = time_against_adamw(
+  adamw_ms, steady = train_step.time_against_adamw(
     run_adamw,
     donated_steps(tx, update(grads, first_state, params)[1], grads, params),
     repeats,
   )
   # Re-selection steps restart from count 0, so their state is not donated.
-  _, reselect = time_against_adamw(
+  _, reselect = train_step.time_against_adamw(
     run_adamw,
     lambda: update(grads, first_state, params),
     max(2, repeats // 3),
@@ -148,24 +118,18 @@ def mlp_loss(params, x):
 def train_step_peak_bytes(tx, shapes, batch) -> int:
   """Peak bytes of a donated, jitted training step from XLA's analysis."""
 
-  def train_step(params, state, x):
+  def step(params, state, x):
     grads = jax.grad(mlp_loss)(params, x)
     updates, state = tx.update(grads, state, params)
     return optax.apply_updates(params, updates), state
 
   state = jax.eval_shape(tx.init, shapes)
   compiled = (
-    jax.jit(train_step, donate_argnums=(0, 1))
+    jax.jit(step, donate_argnums=(0, 1))
     .lower(shapes, state, batch)
     .compile()
   )
-  stats = compiled.memory_analysis()
-  return (
-    stats.argument_size_in_bytes
-    + stats.output_size_in_bytes
-    - stats.alias_size_in_bytes
-    + stats.temp_size_in_bytes
-  )
+  return train_step.peak_bytes(compiled)
 
 
 def memory_table(width: int, depth: int, densities, selection: str) -> list:
