@@ -116,7 +116,7 @@ def adam_direction(
   default the gradient's; or the stored moments' if wider), the step is
   computed from those unrounded moments, and only what is stored is cast
   back to the stored moments' dtypes: stochastically where ``keys`` (for
-  ``mu``, ``nu``) holds a ``jax.random`` key (see :func:`_rounding.store`),
+  ``mu``, ``nu``) holds a key (see :func:`_rounding.store`),
   else to nearest.
 
   The operation order follows ``optax.scale_by_adam`` followed by

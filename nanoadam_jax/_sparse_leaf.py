@@ -419,7 +419,7 @@ class SparseLeaf:
 
     if layout.blockwise:  # one key per block
       keys = tuple(
-        None if key is None else jax.random.split(key, layout.rows)
+        None if key is None else _rounding.row_keys(key, layout.rows)
         for key in keys
       )
     dense, mu, nu = _layout.per_row(row, layout, broadcast=(5,))(

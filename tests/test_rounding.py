@@ -17,7 +17,10 @@ def test_stochastic_rounding_is_unbiased(dtype):
     x = lower.astype(jnp.float32) + fraction * (
       upper.astype(jnp.float32) - lower.astype(jnp.float32)
     )
-    keys = jax.random.split(jax.random.key(0), 20000)
+    # One position over 20000 steps, as a moment entry sees them.
+    keys = jax.vmap(lambda t: _rounding.rounding_key(0, t, 0, 1))(
+      jnp.arange(20000)
+    )
     stored = jax.vmap(lambda k, x=x: _rounding.store(x, dtype, k))(keys)
     # Only the two neighbours occur ...
     is_neighbour = (stored == lower) | (stored == upper)
@@ -29,7 +32,7 @@ def test_stochastic_rounding_is_unbiased(dtype):
 
 def test_exact_values_and_specials_pass_through():
   x = jnp.asarray([0.0, -0.0, 1.5, jnp.inf, -jnp.inf, jnp.nan], jnp.float32)
-  stored = _rounding.store(x, jnp.bfloat16, jax.random.key(3))
+  stored = _rounding.store(x, jnp.bfloat16, _rounding.rounding_key(3, 0, 0, 0))
   np.testing.assert_array_equal(
     np.asarray(stored, np.float32), np.asarray(x, np.float32)
   )
@@ -78,7 +81,8 @@ def test_bfloat16_second_moment_does_not_drift(kind):
 
 def test_uniform_bits_are_uniform_and_independent():
   n = 1 << 18
-  u = np.asarray(_rounding.uniform_bits(jax.random.key(0), (n,), jnp.float32))
+  key = _rounding.rounding_key(0, 0, 0, 0)
+  u = np.asarray(_rounding.uniform_bits(key, (n,), jnp.float32))
   assert u.min() >= 0.0 and u.max() < 1.0
   # 64 equal bins: a chi-square of 63 degrees of freedom (sd 11.2).
   counts = np.bincount((u * 64).astype(int), minlength=64)
@@ -87,10 +91,45 @@ def test_uniform_bits_are_uniform_and_independent():
   # Neighbouring positions, and the next step's key at the same position,
   # are uncorrelated (s.e. of a correlation: 1 / sqrt(n) = 0.002).
   assert abs(np.corrcoef(u[:-1], u[1:])[0, 1]) < 0.01
-  other = _rounding.uniform_bits(jax.random.key(1), (n,), jnp.float32)
+  other = _rounding.uniform_bits(
+    _rounding.rounding_key(0, 1, 0, 0), (n,), jnp.float32
+  )
   assert abs(np.corrcoef(u, np.asarray(other))[0, 1]) < 0.01
   # Low bits carry randomness too: the grid of 2**-24 is used.
   assert len(np.unique(u)) > 0.98 * n  # 0.992 n expected from collisions
   # The same key gives the same numbers; the shape only arranges them.
-  again = _rounding.uniform_bits(jax.random.key(0), (n // 2, 2), jnp.float32)
+  again = _rounding.uniform_bits(key, (n // 2, 2), jnp.float32)
   np.testing.assert_array_equal(np.asarray(again).reshape(-1), u)
+
+
+def test_rounding_keys_differ_by_seed_step_leaf_and_moment():
+  keys = [
+    _rounding.rounding_key(seed, jnp.arange(50), leaf, moment)
+    for seed in range(3)
+    for leaf in range(40)
+    for moment in range(2)
+  ]
+  # Traced seeds and steps broadcast; each key is (2,) per step here.
+  words = np.concatenate([np.asarray(k).T for k in keys])
+  assert words.shape == (3 * 40 * 2 * 50, 2)
+  assert len(np.unique(words, axis=0)) == len(words)
+
+
+def test_mix_int_is_mix():
+  values = np.array([0, 1, 2**31, 2**32 - 1, 123456789], np.uint32)
+  got = np.asarray(_rounding._mix(jnp.asarray(values)))
+  want = [_rounding._mix_int(int(v)) for v in values]
+  np.testing.assert_array_equal(got, np.array(want, np.uint32))
+
+
+def test_row_keys_give_uncorrelated_rows():
+  rows = _rounding.row_keys(_rounding.rounding_key(0, 5, 2, 1), 64)
+  u = np.asarray(
+    jax.vmap(lambda key: _rounding.uniform_bits(key, (4096,), jnp.float32))(
+      rows
+    )
+  )
+  # Rows count positions from 0 alike; their streams still differ.
+  correlation = np.corrcoef(u)[np.triu_indices(64, 1)]
+  assert np.abs(correlation).max() < 6 / np.sqrt(4096), correlation
+  assert abs(u.mean() - 0.5) < 0.01
