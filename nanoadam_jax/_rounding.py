@@ -15,7 +15,7 @@ checkpoint identically, and stores nothing random. They are an integer hash
 (:func:`uniform_bits`). Both are plain elementwise integer arithmetic.
 ``jax.random`` is not used: threefry compiles on XLA:CPU to a loop, and its
 loops (keys and bits, per buffer) made a MiniLM train step with 16-bit
-block state compile in 39 s, against 7 s with round-to-nearest and 13 s
+block state compile in 39 s, against 7 s with round-to-nearest and 18 s
 with this hash (measured); its bits, computed early in the step for every
 buffer, also raised the step's peak memory.
 """
@@ -112,8 +112,6 @@ def store(x: jax.Array, dtype: Any, key: jax.Array | None) -> jax.Array:
   dtype = jnp.dtype(dtype)
   if key is None or dtype.itemsize >= x.dtype.itemsize:
     return x.astype(dtype)
-  if x.dtype == jnp.float32 and dtype == jnp.bfloat16:
-    return _float32_to_bfloat16(x, random_bits(key, x.shape))
   nearest = x.astype(dtype)
   # The other neighbour lies on the far side of x from the nearest one.
   toward = jnp.where(nearest.astype(x.dtype) > x, -jnp.inf, jnp.inf)
@@ -124,22 +122,6 @@ def store(x: jax.Array, dtype: Any, key: jax.Array | None) -> jax.Array:
   uniform = uniform_bits(key, x.shape, x.dtype)
   take_other = (uniform < chance) & jnp.isfinite(other)
   return jnp.where(take_other, other, nearest)
-
-
-def _float32_to_bfloat16(x: jax.Array, bits: jax.Array) -> jax.Array:
-  """Stochastic rounding of float32 to bfloat16 with integer arithmetic.
-
-  bfloat16 is float32 without its low 16 bits. Adding 16 random bits to the
-  bit pattern and cutting them carries into the kept part, one ulp up in
-  magnitude, with probability (low bits) / 2**16: exactly the distance to
-  the lower neighbour over the gap. Zeros of either sign, exact values,
-  infinities and NaNs come back unchanged; the largest finite values may
-  round to infinity, as any rounding up would. Equal in distribution to the
-  general path below, in a handful of integer operations.
-  """
-  pattern = jax.lax.bitcast_convert_type(x, jnp.uint32)
-  pattern = (pattern + (bits >> 16)) & jnp.uint32(0xFFFF0000)
-  return jax.lax.bitcast_convert_type(pattern, jnp.float32).astype(jnp.bfloat16)
 
 
 def _mix(h: jax.Array) -> jax.Array:
@@ -185,12 +167,6 @@ def uniform_bits(key: jax.Array, shape: tuple[int, ...], dtype: Any):
   Returns:
     An array of ``shape`` and ``dtype``.
   """
-  bits = random_bits(key, shape)
-  return (bits >> 8).astype(dtype) * jnp.asarray(2.0**-24, dtype)
-
-
-def random_bits(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  """32 random bits per entry, uint32 of ``shape``: the hash of each entry's
-  flat position with ``key`` (see :func:`uniform_bits`)."""
   position = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-  return _mix(_mix(position ^ key[0]) + key[1])
+  bits = _mix(_mix(position ^ key[0]) + key[1])
+  return (bits >> 8).astype(dtype) * jnp.asarray(2.0**-24, dtype)
