@@ -125,9 +125,7 @@ def train_step_peak_bytes(tx, shapes, batch) -> int:
 
   state = jax.eval_shape(tx.init, shapes)
   compiled = (
-    jax.jit(step, donate_argnums=(0, 1))
-    .lower(shapes, state, batch)
-    .compile()
+    jax.jit(step, donate_argnums=(0, 1)).lower(shapes, state, batch).compile()
   )
   return train_step.peak_bytes(compiled)
 
