@@ -22,11 +22,9 @@ float32 rounding. OUT.json maps each case to ``{"ok": bool, "error": str}``.
 Importing this module has no side effects.
 """
 
-import json
+import functools
 import os
 import sys
-import traceback
-import warnings
 
 import jax
 import jax.numpy as jnp
@@ -41,7 +39,9 @@ from jax.sharding import PartitionSpec as P
 import nanoadam_jax as na
 from tests.sharded_checks import Model
 from tests.sharded_checks import assert_shardings
+from tests.sharded_checks import force_host_devices
 from tests.sharded_checks import make_grads
+from tests.sharded_checks import report_checks
 
 SAVE_DEVICES = 8
 STOP, TOTAL = 7, 15
@@ -299,35 +299,18 @@ CASES = {
 
 
 def main(out_path, mode, directory, devices):
-  results = {}
+  checks = {}
   for name, (save, resume) in CASES.items():
     path = os.path.join(directory, name)
-    try:
-      with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        with jax.numpy_dtype_promotion("strict"):
-          if mode == "save":
-            save(name, path)
-          else:
-            resume(name, path, devices)
-      results[name] = {"ok": True, "error": ""}
-    except Exception:  # noqa: BLE001 - reported to the test, which fails
-      results[name] = {"ok": False, "error": traceback.format_exc()}
-  with open(out_path, "w") as file:
-    json.dump(
-      {"devices": jax.device_count(), "results": results}, file, indent=1
-    )
+    if mode == "save":
+      checks[name] = functools.partial(save, name, path)
+    else:
+      checks[name] = functools.partial(resume, name, path, devices)
+  report_checks(out_path, checks)
 
 
 if __name__ == "__main__":
   out_path, mode, directory = sys.argv[1:4]
   devices = SAVE_DEVICES if mode == "save" else int(sys.argv[4])
-  # JAX reads XLA_FLAGS when it creates its backend, at the first use of a
-  # device, which is still ahead.
-  os.environ["XLA_FLAGS"] = " ".join(
-    [
-      os.environ.get("XLA_FLAGS", ""),
-      f"--xla_force_host_platform_device_count={devices}",
-    ]
-  )
+  force_host_devices(devices)
   main(out_path, mode, directory, devices)

@@ -453,14 +453,17 @@ CHECKS = {
 }
 
 
-def main(out_path, names):
+def report_checks(out_path, checks):
+  """Runs each of ``checks`` (name -> zero-argument callable) with warnings
+  as errors and strict dtype promotion, and writes the outcomes as JSON for
+  the test that started this process."""
   results = {}
-  for name in names or CHECKS:
+  for name, check in checks.items():
     try:
       with warnings.catch_warnings():
         warnings.simplefilter("error")
         with jax.numpy_dtype_promotion("strict"):
-          CHECKS[name]()
+          check()
       results[name] = {"ok": True, "error": ""}
     except Exception:  # noqa: BLE001 - reported to the test, which fails
       results[name] = {"ok": False, "error": traceback.format_exc()}
@@ -470,13 +473,22 @@ def main(out_path, names):
     )
 
 
-if __name__ == "__main__":
-  # JAX reads XLA_FLAGS when it creates its backend, at the first use of a
-  # device, which is still ahead.
+def force_host_devices(count):
+  """Makes the CPU backend show ``count`` devices. JAX reads XLA_FLAGS when
+  it creates its backend, at the first use of a device, which must still be
+  ahead."""
   os.environ["XLA_FLAGS"] = " ".join(
     [
       os.environ.get("XLA_FLAGS", ""),
-      f"--xla_force_host_platform_device_count={DEVICES}",
+      f"--xla_force_host_platform_device_count={count}",
     ]
   )
+
+
+def main(out_path, names):
+  report_checks(out_path, {name: CHECKS[name] for name in names or CHECKS})
+
+
+if __name__ == "__main__":
+  force_host_devices(DEVICES)
   main(sys.argv[1], sys.argv[2:])
