@@ -41,6 +41,22 @@ def _wider_float(a: Any, b: Any) -> Any:
   return jnp.dtype(jnp.float32)  # bfloat16 with float16
 
 
+def zero_after(anchor: jax.Array) -> jax.Array:
+  """``+0`` in the shape and dtype of ``anchor``, which XLA can only compute
+  once ``anchor`` exists.
+
+  XLA schedules an operation whose inputs are all ready early, possibly at
+  the start of a training step, and keeps its output alive until its last
+  use. Adding this zero ties a value computed from the state alone (a dense
+  buffer, a leaf's gather positions) to the leaf's gradient instead, at the
+  cost of one operation per entry of ``anchor``: pass one entry of the
+  gradient, or one per block (each block's own entry keeps a sharded block
+  on its shard). The zero is ``+0`` whatever ``anchor`` holds (negative,
+  infinite or NaN).
+  """
+  return jnp.where(jnp.isfinite(anchor), jnp.abs(anchor) * 0, 0)
+
+
 def zeros_after(
   anchor: jax.Array,
   shape: tuple[int, ...],
@@ -52,13 +68,12 @@ def zeros_after(
   A plain ``jnp.zeros`` has no inputs, so XLA's scheduler may allocate every
   leaf's dense update buffer at the start of a training step, while the
   backward pass still holds all gradients: measured on CPU, that doubles the
-  step's temporary memory. Broadcasting a zero computed from one entry of
-  ``anchor`` (the gathered gradient) ties each buffer's lifetime to its own
-  gradient, at the cost of one scalar operation. The zero's sign is
-  :func:`zero_sign`'s, whatever that entry is (negative, infinite or NaN).
+  step's temporary memory. Broadcasting :func:`zero_after` of ``anchor``
+  (one entry of the gathered gradient, or one per block; it must broadcast
+  to ``shape``) ties each buffer's lifetime to its own gradient. The zero's
+  sign is :func:`zero_sign`'s.
   """
-  first = anchor.reshape(-1)[0]
-  zero = jnp.where(jnp.isfinite(first), jnp.abs(first) * 0, 0)
+  zero = zero_after(anchor)
   if negative:
     zero = -zero
   return jnp.broadcast_to(zero.astype(dtype), shape)

@@ -474,7 +474,7 @@ def scale_by_nanoadam(
       zip(plans, param_leaves, grads, buffers, strict=True)
     ):
       if plan.sparse is not None:
-        update, mu, nu = plan.sparse.step(
+        update, (indices, mu, nu) = plan.sparse.step(
           grad, param, (indices, mu, nu), step, sparse_count, step_size
         )
       elif plan.dense:

@@ -41,7 +41,8 @@ def test_adam_direction_matches_optax_scale_by_adam_with_decay():
 @pytest.mark.parametrize("negative", [True, False])
 @pytest.mark.parametrize("first", [1.0, -2.0, jnp.inf, -jnp.inf, jnp.nan])
 def test_zeros_after_has_its_sign_whatever_the_anchor(first, negative):
-  anchor = jnp.array([first, 3.0], jnp.float32)
+  # One anchor entry per row.
+  anchor = jnp.array([[first], [3.0], [-0.0], [first]], jnp.float32)
   zeros = _adam.zeros_after(anchor, (4, 5), jnp.bfloat16, negative)
   assert zeros.shape == (4, 5) and zeros.dtype == jnp.bfloat16
   bits = np.asarray(zeros.astype(jnp.float32)).view(np.uint32)

@@ -24,3 +24,17 @@ def test_bench_step_quick_writes_its_table(tmp_path):
   for measure in ("compile, train step", "re-selection train step"):
     assert f"| {measure} |" in results
   assert (tmp_path / "step_ratios.png").stat().st_size > 10_000
+
+
+def test_train_step_quick_runs_the_papers_recipe():
+  script = SCRIPT.parent / "train_step.py"
+  completed = subprocess.run(
+    [sys.executable, str(script), "--quick", "--recipe"],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  assert "the paper's recipe: int16 blocks" in completed.stdout
+  assert "| XLA peak memory, train step |" in completed.stdout

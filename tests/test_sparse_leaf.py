@@ -100,10 +100,11 @@ def test_step_is_adam_on_the_selection_and_exactly_zero_elsewhere():
   grad = f32([[0.5, -1.0, 2.0], [-0.25, 3.0, -4.0]])
   param = f32([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
   buffers = (jnp.asarray([0, 3, 4], jnp.int32), f32([0, 0, 0]), f32([0, 0, 0]))
-  update, mu, nu = leaf.step(
+  update, (indices, mu, nu) = leaf.step(
     grad, param, buffers, step_no(0), step_no(1), f32(-0.1)
   )
   assert update.shape == (2, 3) and update.dtype == jnp.float32
+  np.testing.assert_array_equal(indices, buffers[0])  # stored as they were
   selected = np.asarray(grad).reshape(-1)[[0, 3, 4]]
   # A first Adam step from zero moments is g / (|g| + eps), up to the float32
   # bias correction (1 - float32(0.999) is 1.3e-5 off 0.001).
@@ -118,9 +119,7 @@ def test_step_is_adam_on_the_selection_and_exactly_zero_elsewhere():
   # -0.0, which adds to any param without changing a bit.
   np.testing.assert_array_equal(outside.view(np.uint32), 0x80000000)
   # The unscaled direction's zeros are +0.0: a negative step makes them -0.0.
-  direction, _, _ = leaf.step(
-    grad, param, buffers, step_no(0), step_no(1), None
-  )
+  direction, _ = leaf.step(grad, param, buffers, step_no(0), step_no(1), None)
   unscaled = np.asarray(direction).reshape(-1)[[1, 2, 5]]
   np.testing.assert_array_equal(unscaled.view(np.uint32), 0)
 
@@ -136,12 +135,108 @@ def test_step_under_a_schedule_uses_only_the_active_slots():
   grad = f32([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
   param = f32([0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
   buffers = (jnp.asarray([1, 2, 4], jnp.int32), f32([0, 0, 0]), f32([0, 0, 0]))
-  update, mu, nu = leaf.step(
+  update, (_, mu, nu) = leaf.step(
     grad, param, buffers, step_no(12), step_no(13), None
   )
   np.testing.assert_array_equal(np.asarray(update) != 0, [0, 1, 0, 0, 0, 0])
   np.testing.assert_array_equal(np.asarray(mu) != 0, [1, 0, 0])
   np.testing.assert_array_equal(np.asarray(nu) != 0, [1, 0, 0])
+
+
+@pytest.mark.parametrize(
+  ("overrides", "indices", "moved"),
+  [
+    # A schedule uses the first slot of each block: entries 1 and 4.
+    (
+      dict(density_schedule=lambda t: 0.25, density_interval=10),
+      [[1, 3], [0, 2]],
+      [1, 4],
+    ),
+    # approx_min_k pads a block's short selection with row_size + slot: the
+    # 5 of the first block is padding, not the second block's entry 1.
+    (dict(selection="approx"), [[1, 5], [0, 2]], [1, 4, 6]),
+  ],
+)
+def test_block_step_writes_unused_slots_nowhere(overrides, indices, moved):
+  leaf = make_leaf((8,), block_size=4, **overrides)
+  assert leaf.layout.buffer_shape == (2, 2)
+  grad = np.arange(1.0, 9.0, dtype=np.float32)
+  buffers = (
+    jnp.asarray(indices, jnp.int16),
+    jnp.zeros((2, 2), jnp.float32),
+    jnp.zeros((2, 2), jnp.float32),
+  )
+  update, (_, mu, nu) = leaf.step(
+    f32(grad), jnp.ones(8, jnp.float32), buffers, step_no(3), step_no(4), None
+  )
+  np.testing.assert_array_equal(np.flatnonzero(update), moved)
+  # Each used slot's moment holds its own block's gradient entry.
+  np.testing.assert_allclose(
+    np.asarray(mu)[np.asarray(mu) != 0], grad[moved] / 10
+  )
+
+
+@pytest.mark.parametrize(
+  "overrides",
+  [
+    dict(),
+    dict(density_schedule=lambda t: 0.3, density_interval=10),
+    dict(selection="approx"),
+  ],
+)
+def test_block_step_flat_and_per_block_addressing_agree(overrides, monkeypatch):
+  # One device addresses blocks through flat positions, more devices through
+  # (block, entry) pairs; both must give the same bits. 37 entries in blocks
+  # of 8: the last block is padded.
+  leaf = make_leaf(
+    (37,),
+    density=0.5,
+    block_size=8,
+    mu_dtype=jnp.bfloat16,
+    nu_dtype=jnp.bfloat16,
+    weight_decay=0.1,
+    **overrides,
+  )
+  assert leaf.gathers_flat
+  rng = np.random.default_rng(3)
+  grad = f32(rng.normal(size=37))
+  param = f32(rng.normal(size=37))
+  rows, k = leaf.layout.buffer_shape
+  # Ascending distinct block-local indices; the last block's stay inside
+  # its 5 real entries.
+  indices = np.stack(
+    [
+      np.sort(rng.choice(8 if r < rows - 1 else 5, k, replace=False))
+      for r in range(rows)
+    ]
+  )
+  buffers = (
+    jnp.asarray(indices, jnp.int16),
+    jnp.asarray(rng.normal(size=(rows, k)), jnp.bfloat16),
+    jnp.asarray(rng.uniform(size=(rows, k)), jnp.bfloat16),
+  )
+
+  def run():
+    return jax.jit(leaf.step)(
+      grad, param, buffers, step_no(3), step_no(4), f32(-0.01)
+    )
+
+  flat = run()
+  monkeypatch.setattr(
+    _sparse_leaf.SparseLeaf, "gathers_flat", property(lambda self: False)
+  )
+  per_block = run()
+  # The same entries and moments; the arithmetic may differ in the last bits
+  # (XLA fuses the two programs differently, and a float32 moment one ulp
+  # apart may round stochastically to the neighbouring bfloat16).
+  for a, b in zip(
+    jax.tree.leaves(flat), jax.tree.leaves(per_block), strict=True
+  ):
+    np.testing.assert_array_equal(np.asarray(a) != 0, np.asarray(b) != 0)
+    rtol = 2**-7 if a.dtype == jnp.bfloat16 else 1e-6
+    np.testing.assert_allclose(
+      np.asarray(a, np.float32), np.asarray(b, np.float32), rtol=rtol
+    )
 
 
 @pytest.mark.parametrize(
