@@ -48,11 +48,11 @@ def zero_after(anchor: jax.Array) -> jax.Array:
   XLA schedules an operation whose inputs are all ready early, possibly at
   the start of a training step, and keeps its output alive until its last
   use. Adding this zero ties a value computed from the state alone (a dense
-  buffer, a leaf's gather positions) to the leaf's gradient instead, at the
-  cost of one operation per entry of ``anchor``: pass one entry of the
-  gradient, or one per block (each block's own entry keeps a sharded block
-  on its shard). The zero is ``+0`` whatever ``anchor`` holds (negative,
-  infinite or NaN).
+  buffer, a leaf's scatter positions, its stored indices) to the leaf's
+  gradient instead, at the cost of one operation per entry of ``anchor``:
+  pass one entry of the gradient, or one per block (each block's own entry
+  keeps a sharded block on its shard). The zero is ``+0`` whatever
+  ``anchor`` holds (negative, infinite or NaN).
   """
   return jnp.where(jnp.isfinite(anchor), jnp.abs(anchor) * 0, 0)
 
