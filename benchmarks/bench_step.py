@@ -219,7 +219,7 @@ def format_memory(params_bytes, rows) -> str:
     "|---|---:|---:|",
   ]
   for name, peak, ratio in rows:
-    lines.append(f"| {name} | {peak / 2**20:.0f} MiB | {ratio:.2f}x |")
+    lines.append(f"| {name} | {peak / 2**20:.0f} MiB | {ratio:.3f}x |")
   return "\n".join(lines)
 
 
