@@ -135,46 +135,35 @@ def memory_table(width: int, depth: int, densities, selection: str) -> list:
   batch = jax.ShapeDtypeStruct((8, width), jnp.float32)
   params_bytes = na.state_bytes(shapes)
   adamw_peak = train_step_peak_bytes(optax.adamw(1e-3), shapes, batch)
-  rows = [("adamw", adamw_peak, 1.0)]
-  for density in densities:
-    tx = na.nanoadam(1e-3, density=density, selection=selection)
-    peak = train_step_peak_bytes(tx, shapes, batch)
-    rows.append((f"nanoadam d={density}", peak, peak / adamw_peak))
-  # 16-bit moments per tensor (8 bytes an entry, stochastically rounded).
-  for density in densities:
-    tx = na.nanoadam(
-      1e-3,
-      density=density,
-      selection=selection,
-      mu_dtype=jnp.bfloat16,
-      nu_dtype=jnp.bfloat16,
-    )
-    peak = train_step_peak_bytes(tx, shapes, batch)
-    rows.append(
-      (f"nanoadam d={density}, 16-bit moments", peak, peak / adamw_peak)
-    )
-  # The paper's storage: int16 block indices, bfloat16 moments (6 bytes an
-  # entry, stochastically rounded).
-  for density in densities:
-    tx = na.nanoadam(
-      1e-3,
-      density=density,
-      selection=selection,
-      granularity="block",
-      block_size=4096,
-      mu_dtype=jnp.bfloat16,
-      nu_dtype=jnp.bfloat16,
-    )
-    peak = train_step_peak_bytes(tx, shapes, batch)
-    name = f"nanoadam d={density}, 16-bit block state"
-    rows.append((name, peak, peak / adamw_peak))
+  bf16 = dict(mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
+  variants = [
+    ("", {}),
+    # 8 bytes an entry, stochastically rounded.
+    (", 16-bit moments", bf16),
+    # The paper's storage: int16 block indices, bfloat16 moments (6 bytes
+    # an entry, stochastically rounded).
+    (
+      ", 16-bit block state",
+      dict(granularity="block", block_size=4096, **bf16),
+    ),
+  ]
+  configs = [
+    (f"nanoadam d={density}{suffix}", dict(density=density, **options))
+    for suffix, options in variants
+    for density in densities
+  ]
   # The whole recipe: the same state, and a density schedule 0.1 -> 0.04.
-  tx = na.nanoadam(
-    1e-3, density=train_step.DENSITY, selection=selection, **train_step.RECIPE
+  configs.append(
+    (
+      "nanoadam, the paper's recipe (16-bit blocks, d=0.1 -> 0.04)",
+      dict(density=train_step.DENSITY, **train_step.RECIPE),
+    )
   )
-  peak = train_step_peak_bytes(tx, shapes, batch)
-  name = "nanoadam, the paper's recipe (16-bit blocks, d=0.1 -> 0.04)"
-  rows.append((name, peak, peak / adamw_peak))
+  rows = [("adamw", adamw_peak, 1.0)]
+  for name, options in configs:
+    tx = na.nanoadam(1e-3, selection=selection, **options)
+    peak = train_step_peak_bytes(tx, shapes, batch)
+    rows.append((name, peak, peak / adamw_peak))
   return params_bytes, rows
 
 
