@@ -33,6 +33,12 @@ def reshard(x: jax.Array, spec: PartitionSpec | None) -> jax.Array:
   return jax.sharding.reshard(x, NamedSharding(mesh, spec))
 
 
+def reshard_like(x: jax.Array, like: jax.Array) -> jax.Array:
+  """``x`` with the sharding of ``like`` under Explicit mesh axes (what a
+  step's output takes from the array it replaces); else a no-op."""
+  return reshard(x, explicit_spec(like))
+
+
 def unsharded(x: jax.Array) -> jax.Array:
   """``x`` replicated under Explicit mesh axes, to be flattened into rows."""
   return reshard(x, PartitionSpec())

@@ -137,14 +137,10 @@ def _mix(h: jax.Array) -> jax.Array:
 
 
 def _mix_int(h: int) -> int:
-  """:func:`_mix` on a Python int, for constants known at trace time."""
-  h &= 0xFFFFFFFF
-  h ^= h >> 16
-  h = (h * 0x7FEB352D) & 0xFFFFFFFF
-  h ^= h >> 15
-  h = (h * 0x846CA68B) & 0xFFFFFFFF
-  h ^= h >> 16
-  return h
+  """:func:`_mix` on a Python int, for constants known at trace time:
+  computed now, even inside ``jit``, and returned as a Python int."""
+  with jax.ensure_compile_time_eval():
+    return int(_mix(jnp.uint32(h & 0xFFFFFFFF)))
 
 
 def uniform_bits(key: jax.Array, shape: tuple[int, ...], dtype: Any):

@@ -333,7 +333,7 @@ class SparseLeaf:
     chosen = chosen.astype(layout.index_dtype)
     # Both branches of the selection cond must give the same shardings.
     return tuple(
-      _mesh.reshard(new, _mesh.explicit_spec(old))
+      _mesh.reshard_like(new, old)
       for new, old in zip((chosen, mu, nu), buffers, strict=True)
     )
 
@@ -511,8 +511,7 @@ class SparseLeaf:
     # leaf's gradient exists, each cond's output can take a free buffer.
     indices = _mesh.unsharded(buffers[0])
     indices = indices + _adam.zero_after(after).astype(indices.dtype)
-    new = (indices, mu, nu)
-    return _mesh.reshard(dense, _mesh.explicit_spec(param)), tuple(
-      _mesh.reshard(b, _mesh.explicit_spec(old))
-      for b, old in zip(new, buffers, strict=True)
+    return _mesh.reshard_like(dense, param), tuple(
+      _mesh.reshard_like(new, old)
+      for new, old in zip((indices, mu, nu), buffers, strict=True)
     )

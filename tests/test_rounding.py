@@ -120,6 +120,11 @@ def test_mix_int_is_mix():
   got = np.asarray(_rounding._mix(jnp.asarray(values)))
   want = [_rounding._mix_int(int(v)) for v in values]
   np.testing.assert_array_equal(got, np.array(want, np.uint32))
+  # Inside jit too it is a constant, not a traced value.
+  constants = []
+  jax.jit(lambda x: constants.append(_rounding._mix_int(12345)) or x)(0)
+  assert constants == [_rounding._mix_int(12345)]
+  assert type(constants[0]) is int
 
 
 def test_row_keys_give_uncorrelated_rows():
