@@ -131,7 +131,10 @@ def _bits(x: np.ndarray) -> np.ndarray:
   these is equality bit for bit (npz cannot store bfloat16 itself)."""
   head = f"{x.dtype.name}{x.shape}".encode()
   return np.concatenate(
-    [np.frombuffer(head, np.uint8), np.ascontiguousarray(x).reshape(-1).view(np.uint8)]
+    [
+      np.frombuffer(head, np.uint8),
+      np.ascontiguousarray(x).reshape(-1).view(np.uint8),
+    ]
   )
 
 
