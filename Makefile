@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 FLOORS := .venv-floors
 FLOORS_STAMP := $(FLOORS)/.installed
 
-.PHONY: demo demo-digits test test-floors lint format bench install clean
+.PHONY: demo demo-digits test test-floors lint format bench docs install clean
 
 # Demo outputs go here, outside the tracked files.
 DEMO_OUT := demo-results
@@ -18,7 +18,7 @@ $(BIN)/python:
 
 # Reinstall when the project's metadata changes.
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -e ".[test,examples]"
+	$(BIN)/pip install -e ".[test,examples,docs]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -44,7 +44,7 @@ $(FLOORS_STAMP): pyproject.toml constraints-floors.txt
 	rm -rf $(FLOORS)
 	$(PYTHON) -m venv $(FLOORS)
 	$(FLOORS)/bin/pip install --upgrade pip
-	$(FLOORS)/bin/pip install -c constraints-floors.txt -e ".[test]"
+	$(FLOORS)/bin/pip install -c constraints-floors.txt -e ".[test,docs]"
 	touch $(FLOORS_STAMP)
 
 test-floors: $(FLOORS_STAMP)
@@ -55,8 +55,13 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+# The documentation site (Sphinx, MyST Markdown), warnings as errors.
+docs: $(STAMP)
+	$(BIN)/sphinx-build -W --keep-going -b html docs docs/_build/html
+	@echo "open docs/_build/html/index.html"
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_step.py
 
 clean:
-	rm -rf $(VENV) $(FLOORS) build *.egg-info .pytest_cache .ruff_cache $(DEMO_OUT)
+	rm -rf $(VENV) $(FLOORS) build docs/_build *.egg-info .pytest_cache .ruff_cache $(DEMO_OUT)
