@@ -4,16 +4,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from nanoadam_jax import _rounding
 from nanoadam_jax._checks import concrete_float
-
-MAX_INT32 = 2**31 - 1  # step counts and flat indices are int32
-
-
-def safe_increment(count: jax.Array) -> jax.Array:
-  """``count + 1``, saturating at the int32 maximum instead of wrapping."""
-  return jnp.where(count < MAX_INT32, count + 1, count)
 
 
 def _one_minus(decay: Any, dtype: Any) -> jax.Array:
@@ -39,63 +33,6 @@ def _wider_float(a: Any, b: Any) -> Any:
   if a.itemsize != b.itemsize:
     return a if a.itemsize > b.itemsize else b
   return jnp.dtype(jnp.float32)  # bfloat16 with float16
-
-
-def zero_after(anchor: jax.Array) -> jax.Array:
-  """``+0`` in the shape and dtype of ``anchor``, which XLA can only compute
-  once ``anchor`` exists.
-
-  XLA schedules an operation whose inputs are all ready early, possibly at
-  the start of a training step, and keeps its output alive until its last
-  use. Adding this zero ties a value computed from the state alone (a dense
-  buffer, a leaf's scatter positions, its stored indices) to the leaf's
-  gradient instead, at the cost of one operation per entry of ``anchor``:
-  pass one entry of the gradient, or one per block (each block's own entry
-  keeps a sharded block on its shard). The zero is ``+0`` whatever
-  ``anchor`` holds (negative, infinite or NaN).
-  """
-  return jnp.where(jnp.isfinite(anchor), jnp.abs(anchor) * 0, 0)
-
-
-def zeros_after(
-  anchor: jax.Array,
-  shape: tuple[int, ...],
-  dtype: Any,
-  negative: bool = True,
-) -> jax.Array:
-  """Zeros of ``shape`` that XLA can only allocate once ``anchor`` exists.
-
-  A plain ``jnp.zeros`` has no inputs, so XLA's scheduler may allocate every
-  leaf's dense update buffer at the start of a training step, while the
-  backward pass still holds all gradients: measured on CPU, that doubles the
-  step's temporary memory. Broadcasting :func:`zero_after` of ``anchor``
-  (one entry of the gathered gradient, or one per block; it must broadcast
-  to ``shape``) ties each buffer's lifetime to its own gradient. The zero's
-  sign is :func:`zero_sign`'s.
-  """
-  zero = zero_after(anchor)
-  if negative:
-    zero = -zero
-  return jnp.broadcast_to(zero.astype(dtype), shape)
-
-
-def zeros(shape: tuple[int, ...], dtype: Any, negative: bool = True):
-  """Zeros of ``shape`` and ``dtype``; ``-0.0`` where ``negative`` and the
-  dtype is a float (see :func:`zero_sign`)."""
-  negative = negative and jnp.issubdtype(dtype, jnp.floating)
-  return jnp.full(shape, -0.0 if negative else 0, dtype)
-
-
-def zero_sign(step_size: Any) -> bool:
-  """Whether the zeros of an update are ``-0.0`` (True) or ``+0.0``.
-
-  ``x + (-0.0)`` is ``x`` bit for bit for every ``x``, ``-0.0`` included,
-  while ``-0.0 + 0.0`` is ``+0.0``: a final update (``step_size`` given)
-  writes ``-0.0`` where nothing moves. An unscaled direction (``step_size``
-  None) writes ``+0.0``, which the negative step of
-  ``optax.scale_by_learning_rate`` later in the chain turns into ``-0.0``.
-  """
-  return step_size is not None
 
 
 def scaled(direction: jax.Array, step_size: Any, dtype: Any) -> jax.Array:
@@ -154,7 +91,7 @@ def adam_direction(
   nu_correction = 1 - jnp.asarray(b2, precise) ** count
   mu_hat = new_mu / mu_correction.astype(compute)
   if nesterov:  # Optax's: b1 mu / (1 - b1^(c+1)) + (1 - b1) g / (1 - b1^c)
-    next_count = safe_increment(bias_count).astype(precise)
+    next_count = optax.safe_increment(bias_count).astype(precise)
     next_correction = 1 - jnp.asarray(b1, precise) ** next_count
     mu_hat = jnp.asarray(b1, compute) * (
       new_mu / next_correction.astype(compute)

@@ -1,21 +1,12 @@
 """Construction-time checks of NanoAdam's hyperparameters."""
 
 from typing import Any
-from typing import Literal
-from typing import get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from nanoadam_jax import _layout
-
-# What a re-selection does to the moments.
-Moments = Literal["remap", "reset"]
-MOMENTS: tuple[str, ...] = get_args(Moments)
-# Which entries are selected: the method and its two ablations.
-Select = Literal["smallest", "largest", "random"]
-SELECT_RULES: tuple[str, ...] = get_args(Select)
+from nanoadam_jax import _options
 
 
 def concrete_float(value: Any, name: str = "value") -> float | None:
@@ -61,17 +52,8 @@ def check_interval(name: str, value: Any) -> None:
     raise ValueError(f"`{name}` must be an integer >= 1, got {value!r}.")
 
 
-# The step count is int32 and saturates there: an interval at or beyond it
-# comes round only at step 0, so it means "select once, never again".
-NEVER_AGAIN = 2**31 - 1
-
-
-def as_step_interval(value: int) -> int:
-  """``value``, or :data:`NEVER_AGAIN` where it would overflow int32."""
-  return min(int(value), NEVER_AGAIN)
-
-
 def check_hyperparams(
+  *,
   density: float,
   mask_interval: int,
   b1: Any,
@@ -127,10 +109,8 @@ def check_hyperparams(
     concrete = concrete_float(value, name)
     if concrete is not None and not concrete >= 0.0:
       raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
-  if moments not in MOMENTS:
-    raise ValueError(f"`moments` must be one of {MOMENTS}, got {moments!r}.")
-  if select not in SELECT_RULES:
-    raise ValueError(f"`select` must be one of {SELECT_RULES}, got {select!r}.")
+  _options.check_choice("moments", moments, _options.MOMENTS)
+  _options.check_choice("select", select, _options.SELECT_RULES)
   check_moment_dtype("mu_dtype", mu_dtype)
   check_seed(seed)
 
@@ -169,11 +149,6 @@ def is_injected(value: Any) -> bool:
   return isinstance(value, jax.Array | np.ndarray | np.generic | int | float)
 
 
-def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
-  if value not in choices:
-    raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
-
-
 def check_moment_dtype(name: str, dtype: Any) -> None:
   """None, or a floating-point dtype (anything ``jnp.dtype`` reads)."""
   if dtype is None:
@@ -192,11 +167,7 @@ def check_moment_dtype(name: str, dtype: Any) -> None:
 
 
 def check_granularity(granularity: str, block_size: Any) -> None:
-  if granularity not in _layout.GRANULARITIES:
-    raise ValueError(
-      f"`granularity` must be one of {_layout.GRANULARITIES}, got "
-      f"{granularity!r}."
-    )
+  _options.check_choice("granularity", granularity, _options.GRANULARITIES)
   if granularity == "block":
     check_static_number("block_size", block_size)
     if not is_int(block_size) or block_size < 1:

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from nanoadam_jax import _layout
 from nanoadam_jax import _mesh
 from nanoadam_jax import _sparse_leaf
 
@@ -184,7 +185,7 @@ def reselect_group(
       for leaf, param in zip(leaves, params, strict=True)
     ],
     [
-      (tuple(pad(b, padded.k) for b in old), leaf.active_counts(step))
+      (tuple(pad(b, padded.k) for b in old), leaf.active_count_change(step))
       for leaf, old in zip(leaves, buffers, strict=True)
     ],
   )
@@ -195,7 +196,11 @@ def reselect_group(
     if layout.row_size < padded.row_size:
       # Inactive slots point past this leaf's row, not the padded one.
       slots = jnp.arange(layout.k, dtype=jnp.int32)
-      chosen = jnp.where(slots < new_active, chosen, layout.row_size + slots)
+      chosen = jnp.where(
+        slots < new_active,
+        chosen,
+        _layout.unused_marker(layout.row_size, slots),
+      )
       chosen = chosen.astype(layout.index_dtype)
     new.append((chosen, mu, nu))
   return new

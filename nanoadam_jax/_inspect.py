@@ -17,7 +17,7 @@ import optax
 
 from nanoadam_jax import _tree
 from nanoadam_jax._memory import state_bytes
-from nanoadam_jax._nanoadam import ScaleByNanoAdamState
+from nanoadam_jax._state import ScaleByNanoAdamState
 
 
 def find_nanoadam_states(opt_state: Any) -> list[ScaleByNanoAdamState]:

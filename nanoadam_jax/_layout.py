@@ -10,18 +10,68 @@ overflow for huge tensors, and stay on the shard that owns the block.
 import math
 from collections.abc import Callable
 from typing import Any
-from typing import Literal
 from typing import NamedTuple
-from typing import get_args
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-Granularity = Literal["tensor", "block"]
-GRANULARITIES: tuple[str, ...] = get_args(Granularity)
+# Step counts and flat indices are int32.
+MAX_INT32 = 2**31 - 1
 
 # Largest block whose local indices fit int16.
 INT16_BLOCK_LIMIT = 2**15
+
+
+# A product ``fraction * n`` within this many machine epsilons (relative) of
+# an integer is that integer: rounding the fraction to binary and the product
+# cost at most one epsilon each.
+_ROUNDING_EPSILONS = 2
+
+
+def ceil_count(fraction: Any, n: int) -> Any:
+  """``ceil(fraction * n)``, where a product within rounding of an integer
+  counts as that integer.
+
+  A fraction as a user writes it is rarely exact in binary: 0.07 * 100 is
+  7.000000000000001 in float64 and float32(0.05) * 100 is 5.0000001, and
+  neither may add an entry. A product within ``_ROUNDING_EPSILONS`` machine
+  epsilons (relative, of the dtype it is computed in) of an integer is taken
+  as that integer; any farther, it is rounded up, so that half an entry is an
+  entry even among millions (0.5 * 1_000_001 is 500_001).
+
+  Args:
+    fraction: a Python or NumPy number (static: the product is computed in
+      float64), or a JAX array (traced: computed in its dtype, float32 for a
+      density schedule).
+    n: the number of entries, a Python int.
+
+  Returns:
+    A Python int for a static ``fraction``; for a traced one, an array of
+    ``fraction``'s float dtype holding an integer (clip it before converting
+    to int32: float32 rounds ``n`` near 2**31 up to 2**31).
+  """
+  traced = isinstance(fraction, jax.Array)
+  xp = jnp if traced else np
+  if not traced:
+    fraction = np.float64(fraction)
+  wanted = fraction * n
+  nearest = xp.round(wanted)
+  tolerance = _ROUNDING_EPSILONS * float(xp.finfo(wanted.dtype).eps)
+  is_rounding = xp.abs(wanted - nearest) <= tolerance * wanted
+  count = xp.where(is_rounding, nearest, xp.ceil(wanted))
+  return count if traced else int(count)
+
+
+def buffer_size(density: float, n: int) -> int:
+  """``k = max(1, ceil(density * n))`` entries, 0 for an empty tensor.
+
+  ``ceil`` as :func:`ceil_count` rounds: a density written as 0.07 selects 7
+  of 100 entries, not 8.
+  """
+  if n == 0:
+    return 0
+  return max(1, min(n, ceil_count(density, n)))
 
 
 class Layout(NamedTuple):
@@ -54,6 +104,24 @@ def make_layout(
   rows = math.ceil(n / row_size) if n else 0
   index_dtype = jnp.int16 if row_size <= INT16_BLOCK_LIMIT else jnp.int32
   return Layout(n, rows, row_size, k_of(row_size), True, jnp.dtype(index_dtype))
+
+
+def unused_marker(row_size: int, slots: jax.Array) -> jax.Array:
+  """What an unused slot holds instead of an index: ``row_size + slot``.
+
+  A slot is unused past a density schedule's ``k_t``, or where
+  ``approx_min_k`` found fewer entries than slots. The marker lies past the
+  row, so gathers fill and scatters drop it, and it is unique and larger
+  than every real index, so a row's buffer stays ascending and unique.
+  :func:`is_used` reads it.
+  """
+  return row_size + slots
+
+
+def is_used(where: jax.Array, row_size: int) -> jax.Array:
+  """Whether each slot of ``where`` (indices are never negative) holds a
+  real index of a row of ``row_size`` entries, not :func:`unused_marker`."""
+  return where < row_size
 
 
 def to_rows(x: jax.Array, layout: Layout, pad_value: Any = 0) -> jax.Array:

@@ -9,98 +9,60 @@ import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from nanoadam_jax import _adam
 from nanoadam_jax import _checks
+from nanoadam_jax import _config
+from nanoadam_jax import _dense_leaf
 from nanoadam_jax import _grouping
-from nanoadam_jax import _layout
-from nanoadam_jax import _rounding
-from nanoadam_jax import _selection
+from nanoadam_jax import _leaf
+from nanoadam_jax import _options
 from nanoadam_jax import _sparse_leaf
+from nanoadam_jax import _state
 from nanoadam_jax import _tree
-
-
-class ScaleByNanoAdamState(NamedTuple):
-  """State of :func:`scale_by_nanoadam`.
-
-  Every field but ``count`` is a tree with the params' structure. For a leaf
-  of ``n`` entries trained sparsely with a buffer of ``k`` entries:
-
-  - ``indices``: shape=(k,), dtype=int32. Ascending flat indices of the
-    selected entries; with a density schedule only the first ``k_t`` slots
-    are in use (the rest are ignored). All zeros before the first update.
-  - ``mu``, ``nu``: shape=(k,), the Adam moments of those entries (``mu`` in
-    ``mu_dtype``, ``nu`` in ``nu_dtype``; each defaults to the param's).
-
-  With ``granularity="block"`` the buffers are shape=(blocks, k_block):
-  per contiguous block of the flattened tensor, block-local indices (int16
-  for blocks of at most 32768 entries, else int32) and their moments.
-
-  For a leaf trained densely (matched by ``exclude``): ``indices`` is an
-  empty ``optax.MaskedNode`` and ``mu``, ``nu`` have the param's shape. A
-  frozen leaf (non-float and excluded) and an empty tensor hold a
-  ``MaskedNode`` in all three fields: zero-size arrays would break
-  checkpointing (orbax refuses them).
-  """
-
-  count: jax.Array  # shape=(), dtype=jnp.int32; updates applied so far
-  indices: optax.Updates
-  mu: optax.Updates
-  nu: optax.Updates
-
-
-class _LeafPlan(NamedTuple):
-  """How one leaf is trained; static, decided at trace time from the params.
-
-  A leaf is sparse (``sparse`` is set), dense or neither: frozen (an
-  excluded non-float leaf) or empty, which get a zero update and no state.
-  """
-
-  path: str
-  shape: tuple[int, ...]
-  dtype: Any
-  sparse: _sparse_leaf.SparseLeaf | None  # a non-empty leaf for NanoAdam
-  dense: bool  # an excluded, non-empty float leaf: trained by dense AdamW
-  decays: bool  # in the weight-decay ``mask``
 
 
 def _plan(
   params: Any,
   exclude: _tree.LeafRule,
   mask: _tree.LeafRule,
-  config: _sparse_leaf.SparseConfig,
-) -> tuple[list[_LeafPlan], list[Any], Any]:
-  """Routes each leaf and lays out the sparse ones; returns plans, leaves,
-  treedef."""
+  config: _config.LeafConfig,
+) -> tuple[list[_leaf.Leaf], list[Any], Any]:
+  """Routes each leaf to its kind; returns the leaves, the param leaves and
+  the treedef.
+
+  A leaf is sparse unless ``exclude`` matches it; an excluded leaf is dense
+  if it is a non-empty float, else frozen, and so is an empty one. A leaf
+  outside the weight-decay ``mask`` gets the config without decay.
+  """
   is_decayed = mask(params)
   paths, leaves, treedef, sparse = _tree.route_leaves(params, exclude(params))
   undecayed = dataclasses.replace(config, weight_decay=0.0)
-  plans = []
-  leaf_no = 0  # counts the sparse leaves
+  plans: list[_leaf.Leaf] = []
+  sparse_no = 0
   for tree_no, (path, leaf, is_sparse) in enumerate(
     zip(paths, leaves, sparse, strict=True)
   ):
     shape, dtype = tuple(leaf.shape), jnp.dtype(leaf.dtype)
-    empty = math.prod(shape) == 0
-    decays = is_decayed(path, leaf)
-    sparse_leaf = None
-    if is_sparse and not empty:
-      sparse_leaf = _sparse_leaf.SparseLeaf.build(
-        config if decays else undecayed,
-        path,
-        shape,
-        dtype,
-        leaf_no,
-        tree_no,
+    leaf_config = config if is_decayed(path, leaf) else undecayed
+    if math.prod(shape) == 0 or not (
+      is_sparse or _tree.is_trainable_dtype(dtype)
+    ):
+      plans.append(_dense_leaf.FrozenLeaf(path, shape, dtype))
+    elif is_sparse:
+      plans.append(
+        _sparse_leaf.SparseLeaf.build(
+          leaf_config, path, shape, dtype, sparse_no, tree_no
+        )
       )
-      leaf_no += 1
-    dense = not is_sparse and _tree.is_trainable_dtype(dtype) and not empty
-    plans.append(_LeafPlan(path, shape, dtype, sparse_leaf, dense, decays))
+      sparse_no += 1
+    else:
+      plans.append(
+        _dense_leaf.DenseLeaf(leaf_config, path, shape, dtype, tree_no)
+      )
   return plans, leaves, treedef
 
 
@@ -112,62 +74,6 @@ def _flatten_like(treedef: Any, tree: Any, what: str) -> list[Any]:
     raise ValueError(
       f"The {what} tree does not match the params tree: {error}"
     ) from error
-
-
-def _check_buffers(plan: _LeafPlan, buffers: tuple[Any, Any, Any]) -> None:
-  """Raises unless one leaf's (indices, mu, nu) fit what ``plan`` keeps.
-
-  A state restored from a checkpoint written with another ``density``,
-  ``exclude``, ``granularity`` or ``block_size`` has buffers of other sizes
-  (or none); say so, naming the leaf, before anything broadcasts.
-  """
-  index_dtype = None
-  if plan.sparse is not None:
-    kept = (plan.sparse.layout.buffer_shape,) * 3
-    index_dtype = plan.sparse.layout.index_dtype
-    role = "it trains the leaf sparsely"
-  elif plan.dense:
-    kept, role = (None, plan.shape, plan.shape), "it trains the leaf densely"
-  else:
-    kept, role = (None, None, None), "the leaf is frozen or empty"
-  hint = (
-    "was the state built with another density, exclude, granularity or "
-    "block_size (or for other params)?"
-  )
-  fields = ("indices", "mu", "nu")
-  for field, buffer, shape in zip(fields, buffers, kept, strict=True):
-    name = f"state.{field} for {plan.path!r}"
-    absent = isinstance(buffer, optax.MaskedNode)
-    got = None if absent else tuple(getattr(buffer, "shape", ()))
-    if absent and shape is None:
-      continue
-    if absent or shape is None:
-      raise ValueError(
-        f"{name} is {'empty' if absent else f'of shape {got}'} but this "
-        f"optimizer keeps {shape or 'none'} ({role}): {hint}"
-      )
-    if got != shape:
-      raise ValueError(
-        f"{name} has shape {got} but this optimizer keeps {shape}: {hint}"
-      )
-    dtype = jnp.dtype(buffer.dtype)
-    if field == "indices" and index_dtype is not None and dtype != index_dtype:
-      raise ValueError(
-        f"{name} has dtype {dtype.name} but this optimizer keeps "
-        f"{index_dtype.name}: {hint}"
-      )
-
-
-def _state(
-  count: jax.Array, treedef: Any, buffers: list[tuple[Any, Any, Any]]
-) -> ScaleByNanoAdamState:
-  """Assembles the state from per-leaf (indices, mu, nu) triples."""
-  return ScaleByNanoAdamState(
-    count=count,
-    indices=treedef.unflatten([indices for indices, _, _ in buffers]),
-    mu=treedef.unflatten([mu for _, mu, _ in buffers]),
-    nu=treedef.unflatten([nu for _, _, nu in buffers]),
-  )
 
 
 # :func:`nanoadam` hands its learning-rate step to :func:`scale_by_nanoadam`'s
@@ -188,17 +94,17 @@ def scale_by_nanoadam(
   weight_decay: optax.ScalarOrSchedule = 0.0,
   density_schedule: Callable[[jax.Array], Any] | None = None,
   density_interval: int | None = None,
-  moments: _checks.Moments = "remap",
-  select: _checks.Select = "smallest",
+  moments: _options.Moments = "remap",
+  select: _options.Select = "smallest",
   exclude: _tree.Exclude = None,
   mu_dtype: Any | None = None,
   mask: _tree.Mask = None,
   nesterov: bool = False,
   nu_dtype: Any | None = None,
-  rounding: _rounding.Rounding = "stochastic",
+  rounding: _options.Rounding = "stochastic",
   seed: int | jax.Array = 0,
-  selection: _selection.Selection = "auto",
-  granularity: _layout.Granularity = "tensor",
+  selection: _options.Selection = "auto",
+  granularity: _options.Granularity = "tensor",
   block_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""Rescales updates by Adam on each tensor's smallest-magnitude entries.
@@ -324,36 +230,36 @@ def scale_by_nanoadam(
     <https://arxiv.org/abs/2506.21374>`_, NeurIPS 2025
   """
   _checks.check_hyperparams(
-    density,
-    mask_interval,
-    b1,
-    b2,
-    eps,
-    eps_root,
-    weight_decay,
-    density_schedule,
-    density_interval,
-    moments,
-    select,
-    mu_dtype,
-    seed,
+    density=density,
+    mask_interval=mask_interval,
+    b1=b1,
+    b2=b2,
+    eps=eps,
+    eps_root=eps_root,
+    weight_decay=weight_decay,
+    density_schedule=density_schedule,
+    density_interval=density_interval,
+    moments=moments,
+    select=select,
+    mu_dtype=mu_dtype,
+    seed=seed,
   )
   _checks.check_moment_dtype("nu_dtype", nu_dtype)
-  _checks.check_choice("rounding", rounding, _rounding.ROUNDINGS)
-  _selection.check_selection(selection)
+  _options.check_choice("rounding", rounding, _options.ROUNDINGS)
+  _options.check_choice("selection", selection, _options.SELECTION_BACKENDS)
   _checks.check_granularity(granularity, block_size)
   _checks.check_flag("nesterov", nesterov)
   exclude_rule = _tree.compile_exclude(exclude)
   mask_rule = _tree.compile_mask(mask)
-  config = _sparse_leaf.SparseConfig(
+  config = _config.LeafConfig(
     density=float(density),
     # Intervals past the int32 step count select once: never again.
-    mask_interval=_checks.as_step_interval(mask_interval),
+    mask_interval=_config.as_step_interval(mask_interval),
     density_schedule=density_schedule,
     density_interval=(
       None
       if density_interval is None
-      else _checks.as_step_interval(density_interval)
+      else _config.as_step_interval(density_interval)
     ),
     moments=moments,
     select=select,
@@ -371,33 +277,18 @@ def scale_by_nanoadam(
     nesterov=nesterov,
   )
 
-  def init_fn(params: optax.Params) -> ScaleByNanoAdamState:
-    plans, _, treedef = _plan(params, exclude_rule, mask_rule, config)
-    _tree.warn_if_unmatched(exclude, [plan.path for plan in plans])
-    buffers = []
-    for plan in plans:
-      if plan.sparse is not None:
-        buffers.append(plan.sparse.init())
-      elif plan.dense:
-        # An empty node, not a (0,) array: orbax cannot save zero-size
-        # arrays, and optax.masked marks absent state the same way.
-        buffers.append(
-          (
-            optax.MaskedNode(),
-            jnp.zeros(plan.shape, config.mu_dtype or plan.dtype),
-            jnp.zeros(plan.shape, config.nu_dtype or plan.dtype),
-          )
-        )
-      else:  # frozen or empty: no state at all
-        buffers.append((optax.MaskedNode(),) * 3)
-    return _state(jnp.zeros([], jnp.int32), treedef, buffers)
+  def init_fn(params: optax.Params) -> _state.ScaleByNanoAdamState:
+    leaves, _, treedef = _plan(params, exclude_rule, mask_rule, config)
+    _tree.warn_if_unmatched(exclude, [leaf.path for leaf in leaves])
+    buffers = [leaf.init() for leaf in leaves]
+    return _state.assemble(jnp.zeros([], jnp.int32), treedef, buffers)
 
   def update_fn(
     updates: optax.Updates,
-    state: ScaleByNanoAdamState,
+    state: _state.ScaleByNanoAdamState,
     params: optax.Params | None = None,
     **extra_args: Any,
-  ) -> tuple[optax.Updates, ScaleByNanoAdamState]:
+  ) -> tuple[optax.Updates, _state.ScaleByNanoAdamState]:
     step_size = extra_args.get(_STEP_SIZE_ARG)
     if params is None:
       raise ValueError(
@@ -406,11 +297,11 @@ def scale_by_nanoadam(
         "`update`: NanoAdam selects entries by |param|. Call "
         "`tx.update(grads, state, params)`."
       )
+    _state.check_is_state(state, "scale_by_nanoadam")
     step = state.count
     # A weight-decay schedule is read here, once for every leaf.
-    step_config = config.at_step(step)
-    plans, param_leaves, treedef = _plan(
-      params, exclude_rule, mask_rule, step_config
+    leaves, param_leaves, treedef = _plan(
+      params, exclude_rule, mask_rule, config.at_step(step)
     )
     grads = [
       _tree.as_array(grad)
@@ -424,16 +315,16 @@ def scale_by_nanoadam(
         strict=True,
       )
     )
-    for plan, grad, leaf_buffers in zip(plans, grads, buffers, strict=True):
-      if tuple(grad.shape) != plan.shape:
+    for leaf, grad, leaf_buffers in zip(leaves, grads, buffers, strict=True):
+      if tuple(grad.shape) != leaf.shape:
         raise ValueError(
-          f"Gradient of {plan.path!r} has shape {tuple(grad.shape)}, but "
-          f"the param has shape {plan.shape}."
+          f"Gradient of {leaf.path!r} has shape {tuple(grad.shape)}, but "
+          f"the param has shape {leaf.shape}."
         )
-      _check_buffers(plan, leaf_buffers)
+      _leaf.check_buffers(leaf, leaf_buffers)
 
     # 1. Re-select, every mask_interval (or density_interval) steps.
-    sparse = [i for i, plan in enumerate(plans) if plan.sparse is not None]
+    sparse = [i for i, leaf in enumerate(leaves) if leaf.kind == "sparse"]
     if sparse:
       should_select = config.selects_at(step)
       # One cond per group of leaves: the steady step skips selection
@@ -442,7 +333,7 @@ def scale_by_nanoadam(
       # model, measured.) A group traces and compiles its selection once, not
       # once per leaf (see `_grouping`).
       groups = _grouping.selection_groups(
-        [plans[i].sparse for i in sparse],
+        [leaves[i] for i in sparse],
         [param_leaves[i] for i in sparse],
         [buffers[i] for i in sparse],
       )
@@ -451,7 +342,7 @@ def scale_by_nanoadam(
 
         def reselect(old, members=members):
           return _grouping.reselect_group(
-            [plans[i].sparse for i in members],
+            [leaves[i] for i in members],
             [param_leaves[i] for i in members],
             step,
             old,
@@ -466,41 +357,19 @@ def scale_by_nanoadam(
         for i, leaf_buffers in zip(members, new, strict=True):
           buffers[i] = tuple(leaf_buffers)
 
-    # 2. Adam: on the selected entries of sparse leaves, on all of dense ones.
-    dense_count = _adam.safe_increment(step)
-    sparse_count = config.bias_count(step, dense_count)
+    # 2. Step each leaf: Adam on the selected entries of a sparse one, AdamW
+    # on all of a dense one, zero on a frozen one.
     out, new_buffers = [], []
-    for tree_no, (plan, param, grad, (indices, mu, nu)) in enumerate(
-      zip(plans, param_leaves, grads, buffers, strict=True)
+    for leaf, param, grad, leaf_buffers in zip(
+      leaves, param_leaves, grads, buffers, strict=True
     ):
-      if plan.sparse is not None:
-        update, (indices, mu, nu) = plan.sparse.step(
-          grad, param, (indices, mu, nu), step, sparse_count, step_size
-        )
-      elif plan.dense:
-        direction, mu, nu = _adam.adam_direction(
-          grad,
-          mu,
-          nu,
-          param if step_config.decays and plan.decays else None,
-          dense_count,
-          **step_config.adam,
-          dtype=plan.dtype,
-          keys=_rounding.moment_keys(
-            config.rounding,
-            config.seed,
-            step,
-            tree_no,
-            plan.dtype,
-            (mu.dtype, nu.dtype),
-          ),
-        )
-        update = _adam.scaled(direction, step_size, plan.dtype)
-      else:  # frozen (an excluded non-float leaf) or empty
-        update = _adam.zeros(plan.shape, plan.dtype, _adam.zero_sign(step_size))
+      update, leaf_buffers = leaf.step(
+        grad, param, leaf_buffers, step, step_size
+      )
       out.append(update)
-      new_buffers.append((indices, mu, nu))
-    return treedef.unflatten(out), _state(dense_count, treedef, new_buffers)
+      new_buffers.append(leaf_buffers)
+    count = optax.safe_increment(step)
+    return treedef.unflatten(out), _state.assemble(count, treedef, new_buffers)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -517,17 +386,17 @@ def nanoadam(
   weight_decay: optax.ScalarOrSchedule = 0.0,
   density_schedule: Callable[[jax.Array], Any] | None = None,
   density_interval: int | None = None,
-  moments: _checks.Moments = "remap",
-  select: _checks.Select = "smallest",
+  moments: _options.Moments = "remap",
+  select: _options.Select = "smallest",
   exclude: _tree.Exclude = None,
   mu_dtype: Any | None = None,
   mask: _tree.Mask = None,
   nesterov: bool = False,
   nu_dtype: Any | None = None,
-  rounding: _rounding.Rounding = "stochastic",
+  rounding: _options.Rounding = "stochastic",
   seed: int | jax.Array = 0,
-  selection: _selection.Selection = "auto",
-  granularity: _layout.Granularity = "tensor",
+  selection: _options.Selection = "auto",
+  granularity: _options.Granularity = "tensor",
   block_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
   r"""NanoAdam: AdamW on each tensor's smallest-magnitude entries only.
@@ -656,6 +525,8 @@ def nanoadam(
     params: optax.Params | None = None,
     **extra_args: Any,
   ) -> tuple[optax.Updates, tuple[Any, Any]]:
+    is_pair = isinstance(state, tuple) and len(state) == 2
+    _state.check_is_state(state[0] if is_pair else state, "nanoadam")
     core_state, learning_rate_state = state
     # Optax's own step (-learning_rate(count)) and count, read off a scalar
     # as wide as the widest param, so float64 params get a float64 rate.

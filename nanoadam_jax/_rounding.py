@@ -22,14 +22,9 @@ buffer, also raised the step's peak memory.
 
 import math
 from typing import Any
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
-
-ROUNDINGS = ("stochastic", "nearest")
-Rounding = Literal["stochastic", "nearest"]
-
 
 # Odd constants that separate the hash's inputs (digits of pi and the golden
 # ratio, as is customary); any distinct odd values would do.
@@ -38,13 +33,13 @@ _STREAM_SALT = 0x9E3779B9
 _SECOND_WORD_SALT = 0x85EBCA6B
 
 
-def rounding_key(seed: Any, step: Any, leaf_no: int, moment: int):
+def rounding_key(seed: Any, step: Any, tree_no: int, moment: int):
   """The key of one moment buffer's rounding at one step.
 
   Args:
     seed: an integer (may be traced).
     step: updates applied so far (may be traced).
-    leaf_no: the leaf's place in the params' leaves; with ``moment`` (0 for
+    tree_no: the leaf's place in the params' leaves; with ``moment`` (0 for
       ``mu``, 1 for ``nu``) it picks the buffer's own stream.
     moment: 0 or 1.
 
@@ -59,7 +54,7 @@ def rounding_key(seed: Any, step: Any, leaf_no: int, moment: int):
   # _mix is a bijection of uint32: distinct steps give distinct words.
   h = _mix(_mix(u32(seed) + jnp.uint32(_SEED_SALT)) ^ u32(step))
   second = _mix(h ^ jnp.uint32(_SECOND_WORD_SALT))
-  stream = _mix_int((2 * leaf_no + moment) * _STREAM_SALT)
+  stream = _mix_int((2 * tree_no + moment) * _STREAM_SALT)
   return jnp.stack([h ^ jnp.uint32(stream), second])
 
 
@@ -75,18 +70,18 @@ def moment_keys(
   rounding: str,
   seed: Any,
   step: jax.Array,
-  leaf_no: int,
+  tree_no: int,
   dtype: Any,
   stored: tuple[Any, Any],
 ) -> tuple[jax.Array | None, jax.Array | None]:
-  """Keys for storing (mu, nu) of leaf ``leaf_no`` (its place in the params'
+  """Keys for storing (mu, nu) of leaf ``tree_no`` (its place in the params'
   leaves) at ``step``: one where ``rounding="stochastic"`` and the stored
   dtype is narrower than the param's ``dtype``, else None (a plain cast)."""
   keys = []
   for moment, stored_dtype in enumerate(stored):
     narrower = jnp.dtype(stored_dtype).itemsize < jnp.dtype(dtype).itemsize
     if rounding == "stochastic" and narrower:
-      keys.append(rounding_key(seed, step, leaf_no, moment))
+      keys.append(rounding_key(seed, step, tree_no, moment))
     else:
       keys.append(None)
   return tuple(keys)

@@ -29,17 +29,16 @@ scores do not crash a backend; where they land is unspecified.
 """
 
 from typing import Any
-from typing import Literal
-from typing import get_args
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-# The bottom-k backends ``selection=`` names.
-Selection = Literal["auto", "top_k", "radix", "approx"]
-SELECTION_BACKENDS: tuple[str, ...] = get_args(Selection)
+from nanoadam_jax import _layout
+from nanoadam_jax._options import SELECTION_BACKENDS
+from nanoadam_jax._options import Selection
+from nanoadam_jax._options import check_choice
 
 # The exact backend "auto" runs on each platform.
 #
@@ -84,14 +83,6 @@ _WINDOW_CHUNK = 1 << 14
 _SORT_MAX_N = 4096
 
 
-def check_selection(selection: str) -> None:
-  """Raises ``ValueError`` unless ``selection`` names a backend."""
-  if selection not in SELECTION_BACKENDS:
-    raise ValueError(
-      f"`selection` must be one of {SELECTION_BACKENDS}, got {selection!r}."
-    )
-
-
 def resolve_selection(selection: str, platform: str | None = None) -> str:
   """Names the backend that ``selection`` runs on ``platform``.
 
@@ -107,7 +98,7 @@ def resolve_selection(selection: str, platform: str | None = None) -> str:
   Returns:
     A backend name other than ``"auto"``.
   """
-  check_selection(selection)
+  check_choice("selection", selection, SELECTION_BACKENDS)
   if selection != "auto":
     return selection
   if platform is None:
@@ -118,15 +109,12 @@ def resolve_selection(selection: str, platform: str | None = None) -> str:
 def pad_inactive(
   indices: jax.Array, n: int, k_active: jax.Array | None
 ) -> jax.Array:
-  """Replaces the slots at and past ``k_active`` by ``n + slot``.
-
-  The padding is out of bounds (so gathers fill and scatters drop it), unique,
-  and larger than every real index, so the buffer stays sorted and unique.
-  """
+  """Replaces the slots at and past ``k_active`` by
+  :func:`_layout.unused_marker`, for a row of ``n`` entries."""
   if k_active is None:
     return indices
   slots = jnp.arange(indices.shape[0], dtype=jnp.int32)
-  return jnp.where(slots < k_active, indices, n + slots)
+  return jnp.where(slots < k_active, indices, _layout.unused_marker(n, slots))
 
 
 def lowest_k_indices(
@@ -174,7 +162,7 @@ def lowest_k_indices(
       floating, ``k`` is outside ``[0, n]``, or a concrete ``k_active`` is
       outside ``[1, k]``.
   """
-  check_selection(selection)
+  check_choice("selection", selection, SELECTION_BACKENDS)
   if scores.ndim != 1:
     raise ValueError(f"`scores` must be 1-D, got shape {scores.shape}.")
   if not jnp.issubdtype(scores.dtype, jnp.floating):

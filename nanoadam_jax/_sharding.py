@@ -23,7 +23,7 @@ from jax.sharding import PartitionSpec
 from jax.sharding import Sharding
 
 from nanoadam_jax import _tree
-from nanoadam_jax._nanoadam import ScaleByNanoAdamState
+from nanoadam_jax._state import ScaleByNanoAdamState
 
 
 def _is_sharding_leaf(x: Any) -> bool:

@@ -12,9 +12,10 @@ change them, in this order within an update:
 2. :meth:`SparseLeaf.step`, every step: Adam on the selected entries, written
    into a dense update that is exactly zero everywhere else.
 
-:class:`SparseConfig` holds what every sparse leaf of one transformation
-shares; :class:`SparseLeaf` adds one leaf's static facts (its layout, shape,
-dtype and place). Both are Python values fixed at trace time.
+:class:`SparseLeaf` adds to the transformation's :class:`LeafConfig` one
+leaf's static facts (its layout, shape, dtype and place): Python values fixed
+at trace time. It offers the interface every kind of leaf offers (see
+``_leaves``): ``init``, ``expected_buffers`` and ``step``.
 """
 
 import dataclasses
@@ -24,123 +25,20 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from nanoadam_jax import _adam
-from nanoadam_jax import _checks
+from nanoadam_jax import _config
 from nanoadam_jax import _layout
+from nanoadam_jax import _leaf
 from nanoadam_jax import _mesh
 from nanoadam_jax import _rounding
 from nanoadam_jax import _selection
-from nanoadam_jax import _tree
+from nanoadam_jax import _zeros
 
 # A sparse leaf's state: (indices, mu, nu), each of the layout's
 # ``buffer_shape``: (k,), or (rows, k) for blocks.
 Buffers = tuple[jax.Array, jax.Array, jax.Array]
-
-
-@dataclasses.dataclass(frozen=True)
-class SparseConfig:
-  """What every sparse leaf of one transformation shares.
-
-  The Python values fix shapes and control flow; ``seed`` and the Adam
-  hyperparameters may be traced (e.g. under ``optax.inject_hyperparams``).
-  """
-
-  density: float  # sizes the buffers
-  mask_interval: int
-  density_schedule: Callable[[jax.Array], Any] | None
-  density_interval: int | None  # set when density_schedule is
-  moments: _checks.Moments
-  select: _checks.Select
-  selection: _selection.Selection  # the bottom-k backend
-  block_size: int | None  # None: the whole tensor is one row
-  mu_dtype: Any | None  # stored first moment; None: the param's dtype
-  nu_dtype: Any | None  # stored second moment; None: the param's dtype
-  rounding: str  # "stochastic" | "nearest": storing moments narrower
-  seed: Any
-  b1: Any
-  b2: Any
-  eps: Any
-  eps_root: Any
-  weight_decay: Any  # a scalar, or a schedule until :meth:`at_step`
-  nesterov: bool = False
-
-  @property
-  def adam(self) -> dict[str, Any]:
-    """The hyperparameters of :func:`_adam.adam_direction`."""
-    return dict(
-      b1=self.b1,
-      b2=self.b2,
-      eps=self.eps,
-      eps_root=self.eps_root,
-      weight_decay=self.weight_decay,
-      nesterov=self.nesterov,
-    )
-
-  @property
-  def decays(self) -> bool:
-    """False when weight decay is known to be zero: the lean step skips
-    gathering params."""
-    if callable(self.weight_decay):
-      return True
-    return _checks.concrete_float(self.weight_decay) != 0.0
-
-  def at_step(self, step: jax.Array) -> "SparseConfig":
-    """This config with a weight-decay schedule read at ``step``.
-
-    As ``optax.add_decayed_weights`` does, the schedule is called with the
-    count of updates applied so far (0 at the first update).
-
-    Raises:
-      ValueError: the schedule's value is not a scalar.
-    """
-    if not callable(self.weight_decay):
-      return self
-    decay = jnp.asarray(self.weight_decay(step))
-    if decay.shape != ():
-      raise ValueError(
-        "A `weight_decay` schedule must return a scalar (shape ()), got "
-        f"shape {decay.shape}."
-      )
-    return dataclasses.replace(self, weight_decay=decay)
-
-  @property
-  def may_pad(self) -> bool:
-    """approx_min_k may return fewer real indices than slots (padded past the
-    row), so its gathers and scatters cannot promise to stay in bounds."""
-    return self.selection == "approx"
-
-  def selects_at(self, step: jax.Array) -> jax.Array:
-    """Whether sparse leaves re-select before the update at ``step``.
-
-    Args:
-      step: updates applied so far, shape=(), dtype=int32.
-
-    Returns:
-      shape=(), dtype=bool.
-    """
-    due = step % self.mask_interval == 0
-    if self.density_schedule is not None:
-      due |= step % self.density_interval == 0
-    return due
-
-  def bias_count(self, step: jax.Array, count: jax.Array) -> jax.Array:
-    """The bias-correction count of the sparse leaves' update at ``step``.
-
-    Args:
-      step: updates applied so far, shape=(), dtype=int32.
-      count: ``step + 1`` (saturating), the dense leaves' count.
-
-    Returns:
-      shape=(), dtype=int32: ``count`` under ``"remap"``; under ``"reset"``
-      the steps since the last re-selection, this one included.
-    """
-    if self.moments != "reset":
-      return count
-    last = step - step % self.mask_interval
-    if self.density_schedule is not None:
-      last = jnp.maximum(last, step - step % self.density_interval)
-    return step - last + 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,21 +53,23 @@ class SparseLeaf:
   each row are active; the rest are ignored.
   """
 
-  config: SparseConfig
+  config: _config.LeafConfig
+  path: str  # "/"-joined, as ``exclude`` sees it
   layout: _layout.Layout  # rows and buffer sizes
   shape: tuple[int, ...]  # the param's
   dtype: Any  # the param's: of the update and of nu
-  leaf_no: int  # place among the sparse leaves; separates random draws
+  sparse_no: int  # place among the sparse leaves; separates random draws
   tree_no: int  # place among all the params' leaves; separates roundings
+  kind: str = "sparse"
 
   @classmethod
   def build(
     cls,
-    config: SparseConfig,
+    config: _config.LeafConfig,
     path: str,
     shape: tuple[int, ...],
     dtype: Any,
-    leaf_no: int,
+    sparse_no: int,
     tree_no: int,
   ) -> "SparseLeaf":
     """Lays out a non-empty leaf of ``shape``.
@@ -180,17 +80,19 @@ class SparseLeaf:
     """
     layout = _layout.make_layout(
       math.prod(shape),
-      lambda size: _tree.buffer_size(config.density, size),
+      lambda size: _layout.buffer_size(config.density, size),
       config.block_size,
     )
-    # Padding slots hold ``row_size + slot``, which must fit int32.
-    if layout.row_size + layout.k - 1 > _adam.MAX_INT32:
+    # Unused slots hold markers past the row, which must fit int32.
+    if layout.row_size + layout.k - 1 > _layout.MAX_INT32:
       raise ValueError(
         f"Parameter {path!r} has {layout.n} entries, beyond int32 flat "
         "indices. Use granularity='block' (block-local indices), or "
         "exclude it."
       )
-    return cls(config, layout, tuple(shape), jnp.dtype(dtype), leaf_no, tree_no)
+    return cls(
+      config, path, layout, tuple(shape), jnp.dtype(dtype), sparse_no, tree_no
+    )
 
   def init(self) -> Buffers:
     """Zero buffers. No selection yet: the first update always selects, and
@@ -201,6 +103,10 @@ class SparseLeaf:
       jnp.zeros(shape, self.config.mu_dtype or self.dtype),
       jnp.zeros(shape, self.config.nu_dtype or self.dtype),
     )
+
+  def expected_buffers(self) -> _leaf.BufferSpec:
+    shape = self.layout.buffer_shape
+    return _leaf.BufferSpec(shape, shape, shape, self.layout.index_dtype)
 
   def active_count(self, step: jax.Array) -> jax.Array:
     """``k_t``, the active slots per row in force at ``step``.
@@ -224,7 +130,7 @@ class SparseLeaf:
       )
     # Above ``density`` is clipped to it; NaN counts as 0 (one entry).
     fraction = jnp.minimum(jnp.nan_to_num(fraction, nan=0.0), config.density)
-    wanted = _tree.ceil_count(fraction, layout.row_size)
+    wanted = _layout.ceil_count(fraction, layout.row_size)
     return jnp.clip(wanted, 1, layout.k).astype(jnp.int32)
 
   def scores(self, param: jax.Array, step: jax.Array) -> jax.Array:
@@ -237,7 +143,7 @@ class SparseLeaf:
     config = self.config
     if config.select == "random":
       key = jax.random.fold_in(jax.random.key(config.seed), step)
-      key = jax.random.fold_in(key, self.leaf_no)
+      key = jax.random.fold_in(key, self.sparse_no)
       scores = jax.random.uniform(key, param.shape, jnp.float32)
     elif config.select == "largest":
       scores = -jnp.abs(param)
@@ -247,9 +153,9 @@ class SparseLeaf:
       _mesh.unsharded(scores), self.layout, pad_value=jnp.inf
     )
 
-  def active_counts(self, step: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """``k_t`` in force at ``step`` and before it (0 before the first
-    update, when nothing was selected)."""
+  def active_count_change(self, step: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """:meth:`active_count` at ``step`` and before it (0 before the first
+    update, when nothing was selected): (new, old)."""
     old = jnp.where(step == 0, 0, self.active_count(step - 1))
     return self.active_count(step), old
 
@@ -283,12 +189,12 @@ class SparseLeaf:
     A group of leaves re-selects through one leaf laid out for the largest of
     them (see ``_grouping``): ``scores`` and ``buffers`` are then a smaller
     leaf's, padded, and ``active`` gives that leaf's
-    :meth:`active_counts`.
+    :meth:`active_count_change`.
     """
     config, layout = self.config, self.layout
     schedule_active = None
     if active is None:
-      new_active, old_active = self.active_counts(step)
+      new_active, old_active = self.active_count_change(step)
       if config.density_schedule is not None:
         schedule_active = new_active
     else:
@@ -309,7 +215,9 @@ class SparseLeaf:
       # indices takes log2(k) rounds of k gathers: some 20 rounds of a
       # million for a large embedding.)
       old = jnp.where(
-        slots < old_active, old.astype(jnp.int32), layout.row_size + slots
+        slots < old_active,
+        old.astype(jnp.int32),
+        _layout.unused_marker(layout.row_size, slots),
       )
       slot_of = jnp.full((layout.row_size,), layout.k, jnp.int32)
       slot_of = slot_of.at[old].set(
@@ -350,7 +258,7 @@ class SparseLeaf:
       ``gather(rows)``: the selected entries of rows laid out by
       :func:`_layout.to_rows` (of ``buffer_shape``); and
       ``scatter(rows, values, after)``: those rows with ``values`` written at
-      the selection, once ``after`` exists (see :func:`_adam.zero_after`).
+      the selection, once ``after`` exists (see :func:`_zeros.zero_after`).
       Unused slots (inactive, or approx_min_k's padding) read zero and write
       nothing.
     """
@@ -360,9 +268,10 @@ class SparseLeaf:
     masked = active is not None or self.config.may_pad
     flat_blocks = layout.blockwise and self.gathers_flat
     if active is not None:
-      # Inactive slots point past the row, unique and ascending, like the
-      # padding of approx_min_k.
-      where = jnp.where(active, where, layout.row_size + slots)
+      # Inactive slots point past the row, like the padding of approx_min_k.
+      where = jnp.where(
+        active, where, _layout.unused_marker(layout.row_size, slots)
+      )
     # Unsigned: no wrapping of negative indices around the gathers and the
     # scatter (a fusion each per leaf that XLA cannot prove needless).
     where = where.astype(jnp.uint32)
@@ -374,7 +283,9 @@ class SparseLeaf:
         past_end = jnp.uint32(layout.rows * layout.row_size) + (
           row * jnp.uint32(layout.k) + slots.astype(jnp.uint32)
         )
-        inside = jnp.where(where < layout.row_size, inside, past_end)
+        inside = jnp.where(
+          _layout.is_used(where, layout.row_size), inside, past_end
+        )
       where = inside
     modes = dict(
       indices_are_sorted=not (masked and flat_blocks), unique_indices=True
@@ -393,7 +304,7 @@ class SparseLeaf:
       # XLA would compute every leaf's positions at the start of the step
       # and keep them all to the end; tied to this leaf's gradient, each
       # exists only around its leaf's update.
-      where = where + _adam.zero_after(after).astype(jnp.uint32)
+      where = where + _zeros.zero_after(after).astype(jnp.uint32)
       return row.at[where].set(values, **write, **modes)
 
     if layout.blockwise and not flat_blocks:
@@ -422,7 +333,7 @@ class SparseLeaf:
     larger arrays with int64).
     """
     layout = self.layout
-    fits = layout.rows * (layout.row_size + layout.k) <= _adam.MAX_INT32
+    fits = layout.rows * (layout.row_size + layout.k) <= _layout.MAX_INT32
     return fits and jax.device_count() == 1
 
   def step(
@@ -431,19 +342,17 @@ class SparseLeaf:
     param: jax.Array,
     buffers: Buffers,
     step: jax.Array,
-    bias_count: jax.Array,
     step_size: jax.Array | None,
   ) -> tuple[jax.Array, Buffers]:
     """Adam on the selected entries; an update of exactly zero elsewhere
     (``-0.0`` with a ``step_size``, so that every bit of an unselected param
-    survives ``optax.apply_updates``; see :func:`_adam.zero_sign`).
+    survives ``optax.apply_updates``; see :func:`_zeros.zero_sign`).
 
     Args:
       grad: the leaf's gradient, of ``shape``.
       param: the leaf, of ``shape`` and ``dtype``.
       buffers: (indices, mu, nu), selected for this step.
       step: updates applied so far, shape=(), dtype=int32.
-      bias_count: the bias-correction count, shape=(), dtype=int32.
       step_size: None (the unscaled direction), or a scalar that multiplies
         the selected entries before they are written into the update.
 
@@ -453,6 +362,7 @@ class SparseLeaf:
       the sharding of what it replaces.
     """
     config, layout = self.config, self.layout
+    bias_count = config.bias_count(step, optax.safe_increment(step))
     slots = jnp.arange(layout.k, dtype=jnp.int32)
     # Without a schedule every slot is active and in bounds: no masking.
     active = None
@@ -494,11 +404,11 @@ class SparseLeaf:
       selected_grad, *map(_mesh.unsharded, buffers[1:]), selected_param, keys
     )
     # One entry of the gathered gradient per row: the dense buffer and the
-    # scatter's positions wait for it (see `_adam.zeros_after`).
+    # scatter's positions wait for it (see `_zeros.zeros_after`).
     after = selected_grad[..., :1]
     dense = scatter(
-      _adam.zeros_after(
-        after, grad_rows.shape, self.dtype, _adam.zero_sign(step_size)
+      _zeros.zeros_after(
+        after, grad_rows.shape, self.dtype, _zeros.zero_sign(step_size)
       ),
       _adam.scaled(direction, step_size, self.dtype),
       after,
@@ -510,7 +420,7 @@ class SparseLeaf:
     # (measured: 3.6 MiB of a 128 MiB MLP's step peak). Written once the
     # leaf's gradient exists, each cond's output can take a free buffer.
     indices = _mesh.unsharded(buffers[0])
-    indices = indices + _adam.zero_after(after).astype(indices.dtype)
+    indices = indices + _zeros.zero_after(after).astype(indices.dtype)
     return _mesh.reshard_like(dense, param), tuple(
       _mesh.reshard_like(new, old)
       for new, old in zip((indices, mu, nu), buffers, strict=True)

@@ -18,7 +18,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import nanoadam_jax as na
-from nanoadam_jax._nanoadam import ScaleByNanoAdamState
+from nanoadam_jax._state import ScaleByNanoAdamState
 from tests.conftest import optax_reference
 from tests.conftest import run_checks_script
 

@@ -5,10 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from nanoadam_jax import _config
 from nanoadam_jax import _sparse_leaf
 
 
-def make_config(**overrides) -> _sparse_leaf.SparseConfig:
+def make_config(**overrides) -> _config.LeafConfig:
   options = dict(
     density=0.5,
     mask_interval=10,
@@ -29,7 +30,7 @@ def make_config(**overrides) -> _sparse_leaf.SparseConfig:
     weight_decay=0.0,
   )
   options.update(overrides)
-  return _sparse_leaf.SparseConfig(**options)
+  return _config.LeafConfig(**options)
 
 
 def make_leaf(shape, **overrides) -> _sparse_leaf.SparseLeaf:
@@ -101,7 +102,7 @@ def test_step_is_adam_on_the_selection_and_exactly_zero_elsewhere():
   param = f32([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]])
   buffers = (jnp.asarray([0, 3, 4], jnp.int32), f32([0, 0, 0]), f32([0, 0, 0]))
   update, (indices, mu, nu) = leaf.step(
-    grad, param, buffers, step_no(0), step_no(1), f32(-0.1)
+    grad, param, buffers, step_no(0), f32(-0.1)
   )
   assert update.shape == (2, 3) and update.dtype == jnp.float32
   np.testing.assert_array_equal(indices, buffers[0])  # stored as they were
@@ -119,7 +120,7 @@ def test_step_is_adam_on_the_selection_and_exactly_zero_elsewhere():
   # -0.0, which adds to any param without changing a bit.
   np.testing.assert_array_equal(outside.view(np.uint32), 0x80000000)
   # The unscaled direction's zeros are +0.0: a negative step makes them -0.0.
-  direction, _ = leaf.step(grad, param, buffers, step_no(0), step_no(1), None)
+  direction, _ = leaf.step(grad, param, buffers, step_no(0), None)
   unscaled = np.asarray(direction).reshape(-1)[[1, 2, 5]]
   np.testing.assert_array_equal(unscaled.view(np.uint32), 0)
 
@@ -135,9 +136,7 @@ def test_step_under_a_schedule_uses_only_the_active_slots():
   grad = f32([1.0, 1.0, 1.0, 1.0, 1.0, 1.0])
   param = f32([0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
   buffers = (jnp.asarray([1, 2, 4], jnp.int32), f32([0, 0, 0]), f32([0, 0, 0]))
-  update, (_, mu, nu) = leaf.step(
-    grad, param, buffers, step_no(12), step_no(13), None
-  )
+  update, (_, mu, nu) = leaf.step(grad, param, buffers, step_no(12), None)
   np.testing.assert_array_equal(np.asarray(update) != 0, [0, 1, 0, 0, 0, 0])
   np.testing.assert_array_equal(np.asarray(mu) != 0, [1, 0, 0])
   np.testing.assert_array_equal(np.asarray(nu) != 0, [1, 0, 0])
@@ -167,7 +166,7 @@ def test_block_step_writes_unused_slots_nowhere(overrides, indices, moved):
     jnp.zeros((2, 2), jnp.float32),
   )
   update, (_, mu, nu) = leaf.step(
-    f32(grad), jnp.ones(8, jnp.float32), buffers, step_no(3), step_no(4), None
+    f32(grad), jnp.ones(8, jnp.float32), buffers, step_no(3), None
   )
   np.testing.assert_array_equal(np.flatnonzero(update), moved)
   # Each used slot's moment holds its own block's gradient entry.
@@ -217,9 +216,7 @@ def test_block_step_flat_and_per_block_addressing_agree(overrides, monkeypatch):
   )
 
   def run():
-    return jax.jit(leaf.step)(
-      grad, param, buffers, step_no(3), step_no(4), f32(-0.01)
-    )
+    return jax.jit(leaf.step)(grad, param, buffers, step_no(3), f32(-0.01))
 
   flat = run()
   monkeypatch.setattr(

@@ -1,4 +1,4 @@
-"""Leaf paths, exclusion and buffer sizes."""
+"""Leaf paths and exclusion."""
 
 import re
 
@@ -27,46 +27,6 @@ def test_nnx_variables_and_pure_arrays_give_the_same_paths():
   with_variables, _, _ = _tree.leaf_paths(state)
   pure, _, _ = _tree.leaf_paths(nnx.as_pure(state))
   assert with_variables == pure == ["linear/bias", "linear/kernel"]
-
-
-@pytest.mark.parametrize(
-  ("density", "n", "k"),
-  [
-    (0.1, 100, 10),
-    (0.07, 100, 7),  # 0.07 * 100 is 7.000000000000001 in binary
-    (0.001, 10, 1),  # at least one entry
-    (0.5, 3, 2),
-    (1.0, 17, 17),
-    (0.3, 0, 0),  # empty tensor
-    (0.1, 1, 1),  # scalar
-  ],
-)
-def test_buffer_size(density, n, k):
-  assert _tree.buffer_size(density, n) == k
-
-
-@pytest.mark.parametrize(
-  ("fraction", "n", "count"),
-  [
-    (0.07, 100, 7),  # 7.000000000000001 in float64
-    (0.05, 100, 5),  # 5.0000001 in float32
-    (0.013, 1000, 13),
-    (1 / 3, 3, 1),
-    (0.3, 7, 3),  # 2.1: a part of an entry is an entry
-    (0.5, 1_000_001, 500_001),  # half an entry among a million still counts
-  ],
-)
-def test_ceil_count_is_one_rule_static_and_traced(fraction, n, count):
-  static = _tree.ceil_count(fraction, n)
-  assert type(static) is int and static == count
-  traced = jax.jit(lambda f: _tree.ceil_count(f, n))(jnp.float32(fraction))
-  assert traced.dtype == jnp.float32 and int(traced) == count
-
-
-def test_ceil_count_static_tolerance_is_float64_rounding():
-  # 1999799999.0001: a ten-thousandth of an entry, far above float64
-  # rounding (a 12-significant-digit rule would drop it).
-  assert _tree.ceil_count(0.9999, 1_999_999_999) == 1_999_800_000
 
 
 def test_exclude_regex_callable_and_none():

@@ -1,0 +1,69 @@
+"""NanoAdam's state: its type, and finding it inside any optimizer state.
+
+Every helper that reads a NanoAdam state (``selection_mask``, ``describe``,
+``state_shardings``, ``annotate_optimizer_sharding``, ``check_checkpoint``)
+finds it through :func:`find_states` and tells a leaf's kind with
+:func:`leaf_kind`, both here.
+"""
+
+from typing import Any
+from typing import NamedTuple
+
+import jax
+import optax
+
+
+class ScaleByNanoAdamState(NamedTuple):
+  """State of :func:`scale_by_nanoadam`.
+
+  Every field but ``count`` is a tree with the params' structure. For a leaf
+  of ``n`` entries trained sparsely with a buffer of ``k`` entries:
+
+  - ``indices``: shape=(k,), dtype=int32. Ascending flat indices of the
+    selected entries; with a density schedule only the first ``k_t`` slots
+    are in use (the rest are ignored). All zeros before the first update.
+  - ``mu``, ``nu``: shape=(k,), the Adam moments of those entries (``mu`` in
+    ``mu_dtype``, ``nu`` in ``nu_dtype``; each defaults to the param's).
+
+  With ``granularity="block"`` the buffers are shape=(blocks, k_block):
+  per contiguous block of the flattened tensor, block-local indices (int16
+  for blocks of at most 32768 entries, else int32) and their moments.
+
+  For a leaf trained densely (matched by ``exclude``): ``indices`` is an
+  empty ``optax.MaskedNode`` and ``mu``, ``nu`` have the param's shape. A
+  frozen leaf (non-float and excluded) and an empty tensor hold a
+  ``MaskedNode`` in all three fields: zero-size arrays would break
+  checkpointing (orbax refuses them).
+  """
+
+  count: jax.Array  # shape=(), dtype=jnp.int32; updates applied so far
+  indices: optax.Updates
+  mu: optax.Updates
+  nu: optax.Updates
+
+
+def assemble(
+  count: jax.Array, treedef: Any, buffers: list[tuple[Any, Any, Any]]
+) -> ScaleByNanoAdamState:
+  """The state from per-leaf (indices, mu, nu) triples in the params' order."""
+  return ScaleByNanoAdamState(
+    count=count,
+    indices=treedef.unflatten([indices for indices, _, _ in buffers]),
+    mu=treedef.unflatten([mu for _, mu, _ in buffers]),
+    nu=treedef.unflatten([nu for _, _, nu in buffers]),
+  )
+
+
+def check_is_state(state: Any, built_by: str) -> None:
+  """Raises a ``TypeError`` unless ``state`` is a NanoAdam state.
+
+  A state from another optimizer's ``init`` (``optax.adamw``'s, say) would
+  otherwise fail deep inside the update, as an unpacking or attribute error.
+  """
+  if not isinstance(state, ScaleByNanoAdamState):
+    raise TypeError(
+      f"{built_by}'s update got a state of type {type(state).__name__}, "
+      "not the ScaleByNanoAdamState its init returns: was the state built "
+      "by another optimizer's init (optax.adamw's, say)? Build it with this "
+      "transformation's tx.init(params)."
+    )
