@@ -4,6 +4,7 @@ An Optax gradient transformation implementing "Pay Attention to Small
 Weights" (Zhou et al., NeurIPS 2025).
 """
 
+from nanoadam_jax._checkpoint import check_checkpoint
 from nanoadam_jax._inspect import Description
 from nanoadam_jax._inspect import LeafReport
 from nanoadam_jax._inspect import describe
@@ -35,6 +36,7 @@ __all__ = (
   "STATIC_ARGS",
   "ScaleByNanoAdamState",
   "annotate_optimizer_sharding",
+  "check_checkpoint",
   "describe",
   "lowest_k_indices",
   "nanoadam",

@@ -1,5 +1,7 @@
 """Construction-time checks of NanoAdam's hyperparameters."""
 
+import math
+import warnings
 from typing import Any
 
 import jax
@@ -179,4 +181,42 @@ def check_granularity(granularity: str, block_size: Any) -> None:
     raise ValueError(
       "`block_size` was given with granularity='tensor'; pass "
       "granularity='block' to select per block."
+    )
+
+
+# Steps at which a density schedule is probed at construction, in units of
+# ``density_interval``: the start, then a few decades of a run.
+_SCHEDULE_PROBES = (0, 1, 10, 100, 1_000, 10_000)
+
+
+def warn_if_schedule_leaves_range(
+  schedule: Any, density: float, interval: int
+) -> None:
+  """Warns when ``schedule`` returns a fraction outside ``(0, density]``.
+
+  The update clamps such values (above ``density`` to ``density``; zero,
+  negative and NaN to one entry per row), which is rarely what was meant.
+  Schedules are cheap pure functions, so a few steps are evaluated here; one
+  that cannot run outside ``jit`` (or with an int32 step) is not probed.
+  """
+  outside = []
+  for probe in _SCHEDULE_PROBES:
+    step = min(probe * interval, 2**31 - 1)
+    try:
+      with jax.ensure_compile_time_eval():
+        value = float(schedule(jnp.asarray(step, jnp.int32)))
+    except Exception:  # noqa: BLE001  the update will raise if it must
+      return
+    # The update compares in float32: float32(0.1) is not above 0.1 there.
+    in_range = 0.0 < np.float32(value) <= np.float32(density)
+    if math.isnan(value) or not in_range:
+      outside.append(f"{value:g} at step {step}")
+  if outside:
+    warnings.warn(
+      f"`density_schedule` leaves (0, density={density:g}]: "
+      f"{', '.join(outside)}. The update clamps values above `density` to "
+      "it, and selects one entry per tensor (per block) for zero, negative "
+      "or NaN values.",
+      UserWarning,
+      stacklevel=4,
     )

@@ -15,22 +15,10 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nanoadam_jax import _layout
+from nanoadam_jax import _state
 from nanoadam_jax import _tree
 from nanoadam_jax._memory import state_bytes
-from nanoadam_jax._state import ScaleByNanoAdamState
-
-
-def find_nanoadam_states(opt_state: Any) -> list[ScaleByNanoAdamState]:
-  """Every :class:`ScaleByNanoAdamState` inside ``opt_state``, in order."""
-  is_state = lambda node: isinstance(node, ScaleByNanoAdamState)
-  nodes = jax.tree.leaves(opt_state, is_leaf=is_state)
-  return [node for node in nodes if is_state(node)]
-
-
-def _by_path(tree: Any) -> dict[str, Any]:
-  """Array leaves of ``tree`` by "/"-joined path (empty nodes are absent)."""
-  paths, leaves, _ = _tree.leaf_paths(tree)
-  return dict(zip(paths, leaves, strict=True))
 
 
 def _sparse_mask(
@@ -52,8 +40,8 @@ def _sparse_mask(
         f"in blocks of {block_size}: is `block_size` the one it was built "
         "with?"
       )
-    # Slots past the active count point past their block; drop them.
-    live = (where >= 0) & (where < row_size)
+    # Unused slots point past their block; drop them.
+    live = _layout.is_used(where, row_size)
     starts = row_size * jnp.arange(where.shape[0], dtype=jnp.int32)[:, None]
     where = jnp.where(live, where + starts, n)
   flat = jnp.zeros(n, bool).at[where.ravel()].set(True, mode="drop")
@@ -99,29 +87,43 @@ def selection_mask(
     >>> print(mask["w"], mask["b"])
     [False  True False  True] [ True  True]
   """
-  states = find_nanoadam_states(opt_state)
+  states = _state.find_states(opt_state)
   if not states:
     raise ValueError(
-      "`opt_state` contains no NanoAdam state (ScaleByNanoAdamState); was it "
-      "built by na.nanoadam or na.scale_by_nanoadam?"
+      "`opt_state` contains no NanoAdam state (ScaleByNanoAdamState): pass "
+      "an optimizer state built by a transformation that contains "
+      "na.nanoadam or na.scale_by_nanoadam, an nnx.Optimizer, or "
+      "nnx.state(optimizer)."
     )
   paths, leaves, treedef = _tree.leaf_paths(params)
-  masks = {
-    path: jnp.zeros(jnp.shape(x), bool)
-    for path, x in zip(paths, leaves, strict=True)
-  }
   shapes = {
     path: tuple(jnp.shape(x)) for path, x in zip(paths, leaves, strict=True)
   }
-  for state in states:
+  masks = {path: jnp.zeros(shape, bool) for path, shape in shapes.items()}
+  covered: dict[str, int] = {}  # path -> which state trains it
+  for number, state in enumerate(states):
     started = jnp.asarray(state.count) > 0
-    mus = _by_path(state.mu)
-    for path, index in _by_path(state.indices).items():
-      chosen = _sparse_mask(index, shapes[path], block_size)
-      masks[path] = masks[path] | (chosen & started)
-    for path, mu in mus.items():
-      if path not in _by_path(state.indices) and mu.shape == shapes[path]:
-        masks[path] = jnp.ones(shapes[path], bool)  # trained densely
+    for path, leaf in _state.buffers_by_path(state).items():
+      if path not in shapes:
+        known = ", ".join(repr(p) for p in paths[:5])
+        raise ValueError(
+          f"The optimizer state trains a param at {path!r}, which `params` "
+          f"lacks (it has {known}{', ...' if len(paths) > 5 else ''}): pass "
+          "the params the state was built for."
+        )
+      if path in covered:
+        raise ValueError(
+          f"`opt_state` holds {len(states)} NanoAdam states, and states "
+          f"{covered[path]} and {number} (counting from 0) both train "
+          f"{path!r}: which selection applies depends on the chain. Pass "
+          "one NanoAdam's own state (e.g. opt_state[1] of an optax.chain)."
+        )
+      covered[path] = number
+      if leaf.kind == "sparse":
+        chosen = _sparse_mask(leaf.indices, shapes[path], block_size)
+        masks[path] = chosen & started
+      else:  # trained densely
+        masks[path] = jnp.ones(shapes[path], bool)
   return treedef.unflatten([masks[path] for path in paths])
 
 
@@ -130,7 +132,10 @@ class LeafReport:
   """How one param leaf is treated, and what its state costs."""
 
   path: str
-  kind: str  # "sparse", "dense" (AdamW) or "frozen"
+  # "sparse", "dense" (AdamW), "frozen", or "other": a float leaf that no
+  # NanoAdam state covers (another transformation's, whose state bytes
+  # count in the "other state" line).
+  kind: str
   entries: int
   selected: int  # buffer slots (k, or blocks * k per block); all if dense
   index_dtype: str  # "-" without an index buffer
@@ -171,6 +176,10 @@ class Description:
       for row in rows
     ]
     ratio = self.state_bytes / self.adamw_bytes if self.adamw_bytes else 0
+    other = self.state_bytes - sum(leaf.state_bytes for leaf in self.leaves)
+    lines.append(
+      f"other state (step counts, other transformations): {other:,} bytes"
+    )
     lines.append(
       f"optimizer state: {self.state_bytes:,} bytes, {ratio:.3f}x "
       f"optax.adamw's {self.adamw_bytes:,}"
@@ -208,35 +217,35 @@ def describe(
     path  kind    entries    k  index       mu       nu  bytes
     head  dense        10   10      -  float32  float32     80
     w     sparse    1,000  100  int32  float32  float32  1,200
+    other state (step counts, other transformations): 4 bytes
     optimizer state: 1,284 bytes, 0.159x optax.adamw's 8,084
   """
   state = jax.eval_shape(tx.init, params)
-  states = find_nanoadam_states(state)
+  states = _state.find_states(state)
   if not states:
     raise ValueError("`tx` contains no NanoAdam transformation.")
   paths, leaves, _ = _tree.leaf_paths(params)
   reports = {}
   for nano_state in states:
-    indices, mus, nus = (
-      _by_path(tree)
-      for tree in (nano_state.indices, nano_state.mu, nano_state.nu)
-    )
-    for path in mus:
-      index, mu, nu = indices.get(path), mus[path], nus[path]
+    for path, leaf in _state.buffers_by_path(nano_state).items():
+      sparse = leaf.kind == "sparse"
       reports[path] = (
-        "sparse" if index is not None else "dense",
-        math.prod(index.shape) if index is not None else math.prod(mu.shape),
-        _dtype_name(index) if index is not None else "-",
-        _dtype_name(mu),
-        _dtype_name(nu),
-        state_bytes((index, mu, nu)),
+        leaf.kind,
+        math.prod(leaf.indices.shape if sparse else leaf.mu.shape),
+        _dtype_name(leaf.indices) if sparse else "-",
+        _dtype_name(leaf.mu),
+        _dtype_name(leaf.nu),
+        state_bytes((leaf.indices, leaf.mu, leaf.nu)),
       )
   rows = []
   for path, leaf in zip(paths, leaves, strict=True):
-    kind, selected, index, mu, nu, nbytes = reports.get(
-      path, ("frozen", 0, "-", "-", "-", 0)
-    )
     entries = math.prod(jnp.shape(leaf))
+    # A float leaf that no NanoAdam state covers is another
+    # transformation's (a multi_transform branch) or nobody's.
+    trainable = entries > 0 and _tree.is_trainable_dtype(leaf.dtype)
+    kind, selected, index, mu, nu, nbytes = reports.get(
+      path, ("other" if trainable else "frozen", 0, "-", "-", "-", 0)
+    )
     rows.append(
       LeafReport(path, kind, entries, selected, index, mu, nu, nbytes)
     )

@@ -67,13 +67,19 @@ def _plan(
 
 
 def _flatten_like(treedef: Any, tree: Any, what: str) -> list[Any]:
-  """Flattens ``tree`` up to the params' structure, or says what differs."""
+  """Flattens ``tree`` up to the params' structure, or says what differs.
+
+  The message shows both structures with ``*`` for leaves: JAX's own error
+  prints every array of the tree.
+  """
   try:
     return treedef.flatten_up_to(tree)
-  except (ValueError, TypeError) as error:
+  except (ValueError, TypeError):
+    got = jax.tree.structure(tree, is_leaf=lambda x: x is None)
     raise ValueError(
-      f"The {what} tree does not match the params tree: {error}"
-    ) from error
+      f"The {what} tree does not match the params tree: the params are "
+      f"{treedef}, the {what} {got}."
+    ) from None
 
 
 # :func:`nanoadam` hands its learning-rate step to :func:`scale_by_nanoadam`'s
@@ -244,6 +250,10 @@ def scale_by_nanoadam(
     mu_dtype=mu_dtype,
     seed=seed,
   )
+  if density_schedule is not None:
+    _checks.warn_if_schedule_leaves_range(
+      density_schedule, float(density), density_interval
+    )
   _checks.check_moment_dtype("nu_dtype", nu_dtype)
   _options.check_choice("rounding", rounding, _options.ROUNDINGS)
   _options.check_choice("selection", selection, _options.SELECTION_BACKENDS)

@@ -22,6 +22,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec
 from jax.sharding import Sharding
 
+from nanoadam_jax import _state
 from nanoadam_jax import _tree
 from nanoadam_jax._state import ScaleByNanoAdamState
 
@@ -247,19 +248,19 @@ def state_shardings(
   path_set = set(specs)
 
   def params_like(node: Any) -> bool:
-    if isinstance(node, ScaleByNanoAdamState):
+    if _state.is_state(node):
       return False
     paths, _, _ = _tree.leaf_paths(node)
     # A subset, for masked states (optax.masked leaves out some params).
     return bool(paths) and set(paths) <= path_set
 
   def is_leaf(node: Any) -> bool:
-    return isinstance(node, ScaleByNanoAdamState) or params_like(node)
+    return _state.is_state(node) or params_like(node)
 
   nodes, treedef = jax.tree_util.tree_flatten(state, is_leaf=is_leaf)
   out = []
   for node in nodes:
-    if isinstance(node, ScaleByNanoAdamState):
+    if _state.is_state(node):
       out.append(nanoadam_shardings(node))
     elif params_like(node):
       paths, leaves, subtree = _tree.leaf_paths(node)
@@ -282,11 +283,6 @@ def _map_with_path_str(fn: Any, tree: Any) -> Any:
 
 def _shape(leaf: Any) -> tuple[int, ...]:
   return tuple(getattr(leaf, "shape", ()))
-
-
-def _nanoadam_nodes(tree: Any) -> list[ScaleByNanoAdamState]:
-  is_node = lambda x: isinstance(x, ScaleByNanoAdamState)
-  return [x for x in jax.tree.leaves(tree, is_leaf=is_node) if is_node(x)]
 
 
 def annotate_optimizer_sharding(
@@ -364,7 +360,7 @@ def annotate_optimizer_sharding(
   abstract = jax.eval_shape(tx.init, values)
   shardings = state_shardings(abstract, param_shardings, mesh)
   specs = {}
-  for node in _nanoadam_nodes(shardings):
+  for node in _state.find_states(shardings):
     paths, leaves, _ = _tree.leaf_paths(node.mu)
     for path, sharding in zip(paths, leaves, strict=True):
       specs.setdefault(path, sharding.spec)

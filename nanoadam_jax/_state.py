@@ -6,11 +6,14 @@ finds it through :func:`find_states` and tells a leaf's kind with
 :func:`leaf_kind`, both here.
 """
 
+from collections.abc import Mapping
 from typing import Any
 from typing import NamedTuple
 
 import jax
 import optax
+
+from nanoadam_jax import _tree
 
 
 class ScaleByNanoAdamState(NamedTuple):
@@ -67,3 +70,72 @@ def check_is_state(state: Any, built_by: str) -> None:
       "by another optimizer's init (optax.adamw's, say)? Build it with this "
       "transformation's tx.init(params)."
     )
+
+
+def is_state(node: Any) -> bool:
+  return isinstance(node, ScaleByNanoAdamState)
+
+
+def _from_mapping(node: Any) -> ScaleByNanoAdamState | None:
+  """The state that a mapping of its four fields stands for, else None.
+
+  ``nnx.state(optimizer)`` keeps the optimizer state's values but turns each
+  ``NamedTuple`` into a mapping of its field names (and wraps each array in
+  a Variable, which flattening sees through).
+  """
+  fields = ScaleByNanoAdamState._fields
+  if not isinstance(node, Mapping) or set(node.keys()) != set(fields):
+    return None
+  count = jax.tree.leaves(node["count"])
+  if len(count) != 1:
+    return None
+  return ScaleByNanoAdamState(
+    count=count[0], indices=node["indices"], mu=node["mu"], nu=node["nu"]
+  )
+
+
+def find_states(opt_state: Any) -> list[ScaleByNanoAdamState]:
+  """Every NanoAdam state inside ``opt_state``, in order.
+
+  ``opt_state`` may be any optimizer state (``optax.chain``,
+  ``multi_transform``, ``inject_hyperparams``, ``MultiSteps``...), an
+  ``nnx.Optimizer`` (or its ``opt_state``), or what ``nnx.state`` returns
+  for one.
+  """
+  found = lambda node: is_state(node) or _from_mapping(node) is not None
+  nodes = jax.tree.leaves(opt_state, is_leaf=found)
+  return [
+    node if is_state(node) else _from_mapping(node)
+    for node in nodes
+    if found(node)
+  ]
+
+
+class LeafBuffers(NamedTuple):
+  """One param's buffers in a NanoAdam state, and what they make it."""
+
+  kind: str  # "sparse" (indices, mu, nu) or "dense" (mu, nu, like the param)
+  indices: Any  # None for a dense leaf
+  mu: Any
+  nu: Any
+
+
+def buffers_by_path(state: ScaleByNanoAdamState) -> dict[str, LeafBuffers]:
+  """The buffers of every param ``state`` trains, by "/"-joined path.
+
+  A frozen leaf keeps no buffer, so it is absent, as is every param that
+  this state does not cover (another branch of a ``multi_transform``).
+  """
+  indices, mus, nus = (
+    dict(zip(*_tree.leaf_paths(tree)[:2], strict=True))
+    for tree in (state.indices, state.mu, state.nu)
+  )
+  return {
+    path: LeafBuffers(
+      "sparse" if path in indices else "dense",
+      indices.get(path),
+      mu,
+      nus[path],
+    )
+    for path, mu in mus.items()
+  }

@@ -57,9 +57,14 @@ def leaf_paths(tree: Any) -> tuple[list[str], list[Any], Any]:
   return paths, leaves, treedef
 
 
-def takes_params(fn: Callable[..., Any]) -> bool:
+def takes_params(fn: Callable[..., Any], name: str = "exclude") -> bool:
   """Whether a callable ``exclude`` is ``fn(params)`` (one required
-  positional parameter) rather than ``fn(path, leaf)`` (two)."""
+  positional parameter) rather than ``fn(path, leaf)`` (two).
+
+  Raises:
+    TypeError: ``fn`` requires another number of positional arguments, or
+      keyword-only ones; the message names the argument ``name``.
+  """
   try:
     signature = inspect.signature(fn)
   except (TypeError, ValueError):  # some builtins: assume (path, leaf)
@@ -68,11 +73,26 @@ def takes_params(fn: Callable[..., Any]) -> bool:
     inspect.Parameter.POSITIONAL_ONLY,
     inspect.Parameter.POSITIONAL_OR_KEYWORD,
   )
+  parameters = signature.parameters.values()
   required = [
-    parameter
-    for parameter in signature.parameters.values()
-    if parameter.kind in positional and parameter.default is parameter.empty
+    p for p in parameters if p.kind in positional and p.default is p.empty
   ]
+  takes_any = any(
+    p.kind is inspect.Parameter.VAR_POSITIONAL for p in parameters
+  )
+  keyword_only = [
+    p.name
+    for p in parameters
+    if p.kind is inspect.Parameter.KEYWORD_ONLY and p.default is p.empty
+  ]
+  if keyword_only or (len(required) > 2 or not (required or takes_any)):
+    raise TypeError(
+      f"`{name}` must be a callable (path, leaf) -> bool or params -> tree "
+      f"of bools, but {getattr(fn, '__name__', fn)!r} requires "
+      f"{len(required)} positional argument(s)"
+      + (f" and keyword-only {keyword_only}" if keyword_only else "")
+      + "."
+    )
   return len(required) == 1
 
 

@@ -217,3 +217,33 @@ def test_nnx_optimizer_checkpoint_resume(tmp_path):
     nnx.to_pure_dict(nnx.state((model, optimizer))),
     nnx.to_pure_dict(expected),
   )
+
+
+def test_check_checkpoint_names_the_param_saved_with_another_density(
+  tmp_path,
+):
+  """Restored the README's way, a state saved at density 0.25 fails inside
+  Orbax with a shape error that names no param; check_checkpoint on the
+  checkpoint's metadata names it first."""
+  params = {"encoder": jnp.ones((64, 32)), "head": jnp.zeros((32, 4))}
+  saved = na.nanoadam(1e-3, 0.25, exclude="head").init(params)
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(tmp_path / "ckpt", saved)
+    checkpointer.wait_until_finished()
+    metadata = checkpointer.metadata(tmp_path / "ckpt")
+  same = jax.eval_shape(na.nanoadam(1e-3, 0.25, exclude="head").init, params)
+  na.check_checkpoint(metadata, same)  # fits
+  other = jax.eval_shape(na.nanoadam(1e-3, 0.5, exclude="head").init, params)
+  with pytest.raises(ValueError, match=r"param 'encoder' holds 512 entries"):
+    na.check_checkpoint(metadata, other)
+  with pytest.raises(ValueError, match=r"about 0.5x this optimizer's density"):
+    na.check_checkpoint(metadata, other)
+  excluded = jax.eval_shape(na.nanoadam(1e-3, 0.25).init, params)
+  with pytest.raises(ValueError, match="'head' is only in the restore target"):
+    na.check_checkpoint(metadata, excluded)
+  bf16 = jax.eval_shape(
+    na.nanoadam(1e-3, 0.25, exclude="head", mu_dtype=jnp.bfloat16).init,
+    params,
+  )
+  with pytest.raises(ValueError, match=r"float32 in the checkpoint but "):
+    na.check_checkpoint(metadata, bf16)

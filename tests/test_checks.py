@@ -1,6 +1,8 @@
 """Every bad input of SPEC.md raises early, naming the argument or the leaf."""
 
+import inspect
 import re
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -231,3 +233,82 @@ def test_seed_may_be_an_integer_array_even_traced():
 def test_injected_density_schedule_says_to_list_it_in_static_args():
   with pytest.raises(TypeError, match="density_schedule.*static_args"):
     na.nanoadam(1e-3, density_schedule=jnp.asarray(0.1), density_interval=5)
+
+
+@pytest.mark.parametrize(
+  ("schedule", "shown"),
+  [
+    (lambda t: jnp.float32(0.3), "0.3 at step 0"),  # above density
+    (lambda t: jnp.float32(0.0), "0 at step 0"),
+    (lambda t: 0.1 - 0.001 * t.astype(jnp.float32), "-0.9 at step 1000"),
+    (lambda t: jnp.float32(jnp.nan), "nan at step 0"),
+  ],
+  ids=["above", "zero", "negative_later", "nan"],
+)
+def test_a_schedule_outside_the_range_warns_at_construction(schedule, shown):
+  with pytest.warns(UserWarning, match="clamps") as caught:
+    na.nanoadam(1e-3, 0.1, density_schedule=schedule, density_interval=1)
+  assert shown in str(caught[0].message)
+
+
+def test_a_schedule_within_the_range_does_not_warn():
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")
+    na.nanoadam(
+      1e-3,
+      0.1,
+      density_schedule=lambda t: jnp.float32(0.1) - 0 * t.astype(jnp.float32),
+      density_interval=5,
+    )
+
+
+def test_an_exclude_callable_of_three_arguments_is_named():
+  with pytest.raises(TypeError, match="`exclude` must be a callable"):
+    na.nanoadam(1e-3, exclude=lambda path, leaf, extra: True)
+
+
+def test_a_gradient_tree_of_another_structure_is_shown_briefly():
+  params = {"a": jnp.ones(300), "b": jnp.ones(2)}
+  tx = na.nanoadam(1e-3, 0.5)
+  state = tx.init(params)
+  with pytest.raises(ValueError, match="gradient tree does not match") as info:
+    tx.update([jnp.ones(300), jnp.ones(2)], state, params)
+  message = str(info.value)
+  assert "Array(" not in message and len(message) < 300, message
+
+
+def test_static_args_make_every_option_static_under_inject_hyperparams():
+  params = {"w": jnp.linspace(-1.0, 1.0, 64)}
+  tx = optax.inject_hyperparams(na.nanoadam, static_args=na.STATIC_ARGS)(
+    learning_rate=1e-2,
+    density=0.25,
+    density_schedule=lambda t: jnp.float32(0.125) - 0 * t.astype(jnp.float32),
+    density_interval=10,
+    granularity="block",
+    block_size=16,
+    mu_dtype=jnp.bfloat16,
+    nu_dtype=jnp.bfloat16,
+    rounding="nearest",
+    nesterov=True,
+    exclude=lambda path, leaf: False,
+    mask=lambda params: {"w": True},
+    moments="reset",
+    select="smallest",
+    selection="top_k",
+  )
+  state = tx.init(params)
+  with jax.numpy_dtype_promotion("standard"):
+    updates, _ = tx.update(params, state, params)
+  assert int((updates["w"] != 0).sum()) == 8  # 2 of each block of 16
+  # Every other argument of the factory may be injected.
+  factory = inspect.signature(na.nanoadam).parameters
+  injectable = set(factory) - set(na.STATIC_ARGS)
+  assert injectable == {
+    "learning_rate",
+    "b1",
+    "b2",
+    "eps",
+    "eps_root",
+    "weight_decay",
+    "seed",
+  }

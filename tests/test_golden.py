@@ -46,7 +46,11 @@ def _bf16_params() -> dict:
 
 
 def _schedule(step):
-  return 0.25 - 0.02 * jnp.asarray(step, jnp.float32)
+  return jnp.maximum(0.25 - 0.02 * jnp.asarray(step, jnp.float32), 0.05)
+
+
+def _block_schedule(step):
+  return jnp.minimum(_schedule(step), 0.1)  # within density 0.1
 
 
 CONFIGS = {
@@ -84,7 +88,7 @@ CONFIGS = {
     block_size=64,
     mu_dtype=jnp.bfloat16,
     nu_dtype=jnp.bfloat16,
-    density_schedule=_schedule,
+    density_schedule=_block_schedule,
     density_interval=3,
     exclude="ids",
   ),

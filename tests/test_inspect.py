@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from flax import nnx
 
 import nanoadam_jax as na
 
@@ -120,3 +121,56 @@ def test_describe_matches_the_state():
 def test_describe_needs_nanoadam():
   with pytest.raises(ValueError, match="no NanoAdam"):
     na.describe(optax.adamw(1e-3), {"w": jnp.zeros(3)})
+
+
+def test_selection_mask_reads_nnx_state_of_an_optimizer():
+  model = nnx.Linear(6, 4, rngs=nnx.Rngs(0))
+  optimizer = nnx.Optimizer(
+    model, na.nanoadam(1e-2, 0.25, exclude="bias"), wrt=nnx.Param
+  )
+  grads = jax.tree.map(jnp.ones_like, nnx.state(model, nnx.Param))
+  optimizer.update(model, grads)
+  params = nnx.state(model, nnx.Param)
+  from_state = na.selection_mask(nnx.state(optimizer), params)
+  from_object = na.selection_mask(optimizer.opt_state, params)
+  for a, b in zip(
+    jax.tree.leaves(from_state), jax.tree.leaves(from_object), strict=True
+  ):
+    np.testing.assert_array_equal(a, b)
+  kernel = jax.tree.leaves(from_state)[1]
+  assert int(kernel.sum()) == 6  # a quarter of 24
+
+
+def test_selection_mask_refuses_two_nanoadams_on_one_leaf():
+  params = {"w": jnp.linspace(-1.0, 1.0, 8)}
+  tx = optax.chain(na.scale_by_nanoadam(0.5), na.nanoadam(1e-2, 0.25))
+  state = tx.init(params)
+  _, state = tx.update(params, state, params)
+  with pytest.raises(ValueError, match="both train 'w'"):
+    na.selection_mask(state, params)
+  # Each NanoAdam's own state answers.
+  assert int(na.selection_mask(state[0], params)["w"].sum()) == 4
+  assert int(na.selection_mask(state[1], params)["w"].sum()) == 2
+
+
+def test_selection_mask_names_a_param_missing_from_params():
+  params = {"w": jnp.ones(4), "head": jnp.ones(2)}
+  state = na.nanoadam(1e-2, 0.5).init(params)
+  with pytest.raises(ValueError, match="'head', which `params` lacks"):
+    na.selection_mask(state, {"w": params["w"]})
+
+
+def test_describe_counts_another_transformations_leaf_as_other():
+  params = {"w": jnp.zeros((10, 10)), "head": jnp.zeros(10)}
+  tx = optax.multi_transform(
+    {"nano": na.nanoadam(1e-3, 0.1), "adam": optax.adam(1e-3)},
+    {"w": "nano", "head": "adam"},
+  )
+  description = na.describe(tx, params)
+  kinds = {leaf.path: leaf.kind for leaf in description.leaves}
+  assert kinds == {"w": "sparse", "head": "other"}
+  text = str(description)
+  rows = sum(leaf.state_bytes for leaf in description.leaves)
+  other = description.state_bytes - rows
+  assert other >= 80  # Adam's two moments of the head, and the counts
+  assert f"other transformations): {other:,} bytes" in text

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import HealthCheck
 from hypothesis import given
 from hypothesis import settings
@@ -27,6 +28,12 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import nanoadam_jax as na
+
+# Short runs with schedules that would leave (0, density] later, and
+# schedules outside it on purpose (the clamping is part of the contract).
+pytestmark = pytest.mark.filterwarnings(
+  "ignore:`density_schedule` leaves:UserWarning"
+)
 
 STEPS = 8
 DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
