@@ -85,6 +85,14 @@ def test_multi_device_guide_trains():
   assert page["moved"] == 32768
 
 
+def test_checkpointing_guide_names_the_param():
+  """``na.check_checkpoint`` as the guide uses it: the checkpoint fits its
+  own optimizer, and one with another density names the param."""
+  page = run_page(DOCS / "guides" / "checkpointing.md")
+  assert "param 'encoder'" in page["message"]
+  assert "density" in page["message"]
+
+
 def test_options_guide_new_rate_compiles_once():
   """The guide's claim: a strongly typed float32 rate reuses the compiled
   step; a Python float or a weakly typed array compiles it again."""
