@@ -37,9 +37,11 @@ exclude_patterns = ["_build"]
 myst_enable_extensions = ["dollarmath", "colon_fence"]
 myst_heading_anchors = 3
 
-# Autodoc: hints in the signature, members in source order.
+# Autodoc: members in source order; signatures without type hints, which
+# expand Optax's aliases (ScalarOrSchedule) into unreadable unions; the
+# docstrings' Args say what each argument takes.
 autodoc_member_order = "bysource"
-autodoc_typehints = "signature"
+autodoc_typehints = "none"
 autodoc_preserve_defaults = True  # show `density=0.1`, not an evaluated repr
 napoleon_google_docstring = True
 napoleon_numpy_docstring = False
