@@ -69,7 +69,6 @@ CASES = {
     nesterov=True,
     eps_root=1e-12,
   ),
-  "traced-seed": dict(select="random", seed=jnp.asarray(5, jnp.uint32)),
 }
 # Cases whose program is the default's (auto resolves to radix today).
 SAME_AS_DEFAULT = {"default", "tensor-auto"}
@@ -191,7 +190,11 @@ def test_bfloat16_params_lower_for_gpu_and_tpu():
 
 
 def test_inject_hyperparams_lowers_for_gpu_and_tpu():
+  """Injected hyperparameters are state, so traced inputs of the step: the
+  learning rate, b1, the weight decay, and the seed of the random selection
+  and of the stochastic rounding of bfloat16 moments."""
   static = ("density", "mask_interval", "exclude", "granularity", "block_size")
+  static += ("select", "mu_dtype", "nu_dtype")
   make = optax.inject_hyperparams(na.nanoadam, static_args=static)
   # Optax's injected hyperparameters mix dtypes (see conftest.py).
   with jax.numpy_dtype_promotion("standard"):
@@ -202,12 +205,15 @@ def test_inject_hyperparams_lowers_for_gpu_and_tpu():
       b1=0.8,
       weight_decay=0.01,
       exclude="norm",
+      select="random",
+      seed=3,
+      **BF16,
       **BLOCK,
     )
     _, step = export(tx, make_params(), ACCELERATORS)
-  # The hyperparameters are traced state of the exported step.
   _, state = step.out_tree.unflatten(step.out_avals)
   assert set(state.hyperparams) >= {"learning_rate", "b1", "weight_decay"}
+  assert state.hyperparams["seed"].shape == ()
   assert state.hyperparams["learning_rate"].shape == ()
 
 
