@@ -121,7 +121,8 @@ def export(tx, params, platforms):
 
 
 def run_like_jit(tx, params):
-  """Runs the export for CPU and accelerators, on the CPU, for ``STEPS``
+  """Runs the export for CPU and accelerators on this machine's default
+  device (the CPU here, the GPU under benchmarks/device.sh) for ``STEPS``
   steps, beside the jitted step; both must agree."""
   init, step = export(tx, params, PLATFORMS)
   jitted_step = jax.jit(make_train_step(tx))
