@@ -36,7 +36,7 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from tqdm import tqdm
 
-import nanoadam_jax
+import nanoadam_jax as na
 
 # ----------------------------------------------------------------------------
 # Settings.
@@ -197,7 +197,7 @@ def batch_indices(key, n: int, steps: int, batch_size: int):
 
 def nano(density: float, select: str = "smallest"):
   def make(lr, seed, mask_interval):
-    return nanoadam_jax.nanoadam(
+    return na.nanoadam(
       lr,
       density=density,
       mask_interval=mask_interval,
@@ -367,7 +367,7 @@ def run(cfg: Config):
     lr = float(lr_grid[method.name][best])
     tx = method.make_tx(lr, 0, cfg.mask_interval)
     costs[method.name] = {
-      "state_bytes": nanoadam_jax.state_bytes(tx.init(seed0)),
+      "state_bytes": na.state_bytes(tx.init(seed0)),
       "step_ms": step_time_ms(forward, tx, seed0, x, y),
       "lr": lr,
       "best": best,

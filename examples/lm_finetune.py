@@ -5,7 +5,7 @@ Python reference documentation that ships with Python as
 ``pydoc_data.topics``, then finetuned on Python source code, a fixed list of
 standard-library modules read from disk. Nothing is downloaded.
 
-We compare ``optax.adamw`` with ``nanoadam_jax.nanoadam`` on the target loss
+We compare ``optax.adamw`` with ``na.nanoadam`` on the target loss
 (how well the model learned to write code) and on the source loss after
 finetuning (how much prose it forgot). As in the paper, embeddings and layer
 norms are excluded from the sparse treatment (``exclude=r"embed|norm"``) and
@@ -34,7 +34,7 @@ import optax
 from flax import nnx
 from tqdm import tqdm
 
-import nanoadam_jax
+import nanoadam_jax as na
 
 # ----------------------------------------------------------------------------
 # Settings.
@@ -218,7 +218,7 @@ EXCLUDE = r"embed|norm"  # embeddings and layer norms stay dense
 def make_tx(method: str, lr: float, cfg: Config):
   if method == "AdamW":
     return optax.adamw(lr, weight_decay=0.0)
-  return nanoadam_jax.nanoadam(
+  return na.nanoadam(
     lr,
     density=cfg.density,
     mask_interval=cfg.mask_interval,
@@ -275,7 +275,7 @@ def run(cfg: Config):
         "target_test": float(evaluate(tuned, target_test)),
         "source_test": float(evaluate(tuned, source_test)),
         "changed": changed_fraction(tuned, model),
-        "state_bytes": nanoadam_jax.state_bytes(optimizer.opt_state),
+        "state_bytes": na.state_bytes(optimizer.opt_state),
         "step_ms": step_ms,
       }
       tqdm.write(

@@ -12,7 +12,7 @@ import optax
 from flax import nnx
 from sklearn.datasets import load_digits
 
-import nanoadam_jax
+import nanoadam_jax as na
 
 # Data: 1797 images of 8x8 pixels, labels 0-9.
 digits = load_digits()
@@ -32,7 +32,7 @@ class MLP(nnx.Module):
 
 model = MLP(rngs=nnx.Rngs(0))
 start = jax.tree.map(jnp.copy, nnx.state(model, nnx.Param))
-tx = nanoadam_jax.nanoadam(1e-2, density=0.1, mask_interval=20)
+tx = na.nanoadam(1e-2, density=0.1, mask_interval=20)
 optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
@@ -66,8 +66,8 @@ print(f"train accuracy {float(accuracy):.3f}")
 # Above 10%: each re-selection may pick entries that have not moved yet.
 print(f"weights that moved: {moved / sum(a.size for a in old):.1%}")
 adamw_state = optax.adamw(1e-2).init(nnx.state(model, nnx.Param))
-nano_bytes = nanoadam_jax.state_bytes(optimizer.opt_state)
-adamw_bytes = nanoadam_jax.state_bytes(adamw_state)
+nano_bytes = na.state_bytes(optimizer.opt_state)
+adamw_bytes = na.state_bytes(adamw_state)
 print(
   f"optimizer state: NanoAdam {nano_bytes:,} bytes, AdamW {adamw_bytes:,} "
   f"bytes ({nano_bytes / adamw_bytes:.2f}x)"
