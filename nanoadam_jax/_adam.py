@@ -35,15 +35,30 @@ def _wider_float(a: Any, b: Any) -> Any:
   return jnp.dtype(jnp.float32)  # bfloat16 with float16
 
 
+def compute_dtype(*dtypes: Any) -> Any:
+  """The dtype one step computes in: float32, or the widest of ``dtypes``
+  (the param's, the stored moments') where that is wider.
+
+  A 16-bit param's moments and update are computed in float32 and rounded
+  once, into the stored moments and the returned update: in bfloat16,
+  ``(1 - b2) * g**2`` is below half an ulp of ``nu``, and in float16 the
+  squares of small gradients and ``eps`` underflow to zero.
+  """
+  widest = jnp.dtype(jnp.float32)
+  for dtype in dtypes:
+    widest = _wider_float(widest, dtype)
+  return widest
+
+
 def scaled(direction: jax.Array, step_size: Any, dtype: Any) -> jax.Array:
-  """``step_size * direction`` in ``dtype``, as ``optax.scale`` computes it.
+  """``step_size * direction``, computed in the direction's dtype and
+  rounded once to ``dtype`` (the param's).
 
   ``step_size=None`` gives the direction itself, cast to ``dtype``.
   """
-  direction = direction.astype(dtype)
-  if step_size is None:
-    return direction
-  return jnp.asarray(step_size, dtype) * direction
+  if step_size is not None:
+    direction = jnp.asarray(step_size, direction.dtype) * direction
+  return direction.astype(dtype)
 
 
 def adam_direction(
@@ -64,19 +79,19 @@ def adam_direction(
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One AdamW step on matching arrays; returns (direction, mu, nu).
 
-  As in Optax, the moments are updated in the param's precision (``dtype``,
-  default the gradient's; or the stored moments' if wider), the step is
+  The moments are updated in :func:`compute_dtype` (float32 at least,
+  whatever the param's ``dtype``, default the gradient's), the step is
   computed from those unrounded moments, and only what is stored is cast
   back to the stored moments' dtypes: stochastically where ``keys`` (for
-  ``mu``, ``nu``) holds a key (see :func:`_rounding.store`),
-  else to nearest.
+  ``mu``, ``nu``) holds a key (see :func:`_rounding.store`), else to
+  nearest. The direction is returned in the compute dtype.
 
   The operation order follows ``optax.scale_by_adam`` followed by
   ``optax.add_decayed_weights``, so that a dense run matches ``optax.adamw``
   to the params' rounding; ``nesterov`` as ``scale_by_adam(nesterov=True)``.
   """
   dtype = grad.dtype if dtype is None else dtype
-  compute = _wider_float(_wider_float(dtype, mu.dtype), nu.dtype)
+  compute = compute_dtype(dtype, mu.dtype, nu.dtype)
   grad = grad.astype(compute)
   new_mu = _one_minus(b1, compute) * grad + jnp.asarray(b1, compute) * (
     mu.astype(compute)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from nanoadam_jax import _adam
 from nanoadam_jax import _checks
 from nanoadam_jax import _config
 from nanoadam_jax import _dense_leaf
@@ -182,15 +183,20 @@ def scale_by_nanoadam(
       gives ``"linear/kernel"``. Bool trees are matched to the params by
       these paths.
     mu_dtype: optional storage dtype of the first moment (default: the
-      param's). As in Optax, the moment is updated and used in the param's
-      precision; only the stored copy is ``mu_dtype``.
+      param's). Whatever the param's and the moments' dtypes, each step
+      computes the moments and the update in float32 (float64 for float64
+      params) and rounds once: into the stored moments, with ``rounding``,
+      and into the update, returned in the param's dtype. So bfloat16 and
+      float16 params train like float32 ones, where Optax computes in the
+      param's precision.
     nu_dtype: the same for the second moment. With ``b2=0.999`` its
       per-step change is below half a bfloat16 ulp, so round-to-nearest
       storage stalls or drifts; see ``rounding``.
-    rounding: how a moment stored narrower than the param is rounded:
-      ``"stochastic"`` (unbiased; random bits from ``seed``, the step and the
-      leaf, so runs and checkpoint resumes repeat bit for bit) or
-      ``"nearest"`` (Optax's plain cast).
+    rounding: how a moment stored narrower than the computation (float32) is
+      rounded: ``"stochastic"`` (unbiased; random bits from ``seed``, the
+      step and the leaf, so runs and checkpoint resumes repeat bit for bit)
+      or ``"nearest"`` (a plain cast). It applies to 16-bit params' moments
+      by default.
     mask: which leaves get weight decay, as ``optax.adamw``'s ``mask``: None
       (all), a tree of bools shaped like the params (or a prefix; True:
       decayed), or a callable ``params -> such a tree``. It applies to
@@ -456,7 +462,7 @@ def nanoadam(
     mu_dtype: optional storage dtype of the first moment.
     nu_dtype: optional storage dtype of the second moment.
     rounding: ``"stochastic"`` (unbiased) or ``"nearest"``, for moments
-      stored narrower than the param.
+      stored narrower than float32 (16-bit params' by default).
     mask: which leaves get weight decay, as ``optax.adamw``'s ``mask``.
     nesterov: Nesterov momentum, as ``optax.adamw(nesterov=True)``.
     seed: seed of the ``"random"`` ablation and of stochastic rounding (an
@@ -539,15 +545,14 @@ def nanoadam(
     _state.check_is_state(state[0] if is_pair else state, "nanoadam")
     core_state, learning_rate_state = state
     # Optax's own step (-learning_rate(count)) and count, read off a scalar
-    # as wide as the widest param, so float64 params get a float64 rate.
-    widest = max(
-      (
-        jnp.dtype(leaf.dtype)
+    # as wide as the step computes in (float32, float64 for float64 params):
+    # a bfloat16 rate would round 1e-3 to 0.000999.
+    widest = _adam.compute_dtype(
+      *(
+        leaf.dtype
         for leaf in jax.tree.leaves(params)
         if hasattr(leaf, "dtype") and jnp.issubdtype(leaf.dtype, jnp.floating)
-      ),
-      key=lambda dtype: dtype.itemsize,
-      default=jnp.dtype(jnp.float32),
+      )
     )
     step_size, learning_rate_state = learning_rate_tx.update(
       jnp.ones((), widest), learning_rate_state

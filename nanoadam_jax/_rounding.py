@@ -74,12 +74,14 @@ def moment_keys(
   dtype: Any,
   stored: tuple[Any, Any],
 ) -> tuple[jax.Array | None, jax.Array | None]:
-  """Keys for storing (mu, nu) of leaf ``tree_no`` (its place in the params'
-  leaves) at ``step``: one where ``rounding="stochastic"`` and the stored
-  dtype is narrower than the param's ``dtype``, else None (a plain cast)."""
+  """Keys for storing (mu, nu) of leaf ``tree_no`` (its place in the
+  params' leaves) at ``step``: one where ``rounding="stochastic"`` and the
+  stored dtype is narrower than the step computes in (float32, or the
+  param's ``dtype`` where wider), else None (a plain cast)."""
+  computed = max(jnp.dtype(dtype).itemsize, 4)
   keys = []
   for moment, stored_dtype in enumerate(stored):
-    narrower = jnp.dtype(stored_dtype).itemsize < jnp.dtype(dtype).itemsize
+    narrower = jnp.dtype(stored_dtype).itemsize < computed
     if rounding == "stochastic" and narrower:
       keys.append(rounding_key(seed, step, tree_no, moment))
     else:

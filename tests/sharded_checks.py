@@ -7,6 +7,8 @@ runs this file in a fresh interpreter:
 
   python tests/sharded_checks.py OUT.json [CHECK ...]
 
+(tests/test_export.py runs the ``EXPORT_CHECKS`` the same way.)
+
 Each check is independent; the JSON maps its name to ``{"ok": bool,
 "error": str}``. Importing this module has no side effects (pytest's
 ``--doctest-modules`` imports it): the device count is set in ``__main__``,
@@ -442,6 +444,90 @@ def check_block_selection_is_shard_local():
   assert any("all-gather" in line for line in tensor), tensor
 
 
+def export_explicit(run=False, **options):
+  """Exports the sharded init and step for CPU, CUDA, ROCm and TPU.
+
+  On a 2x4 mesh with Explicit axes, params sharded by ``LAYOUT`` and the
+  state by ``na.state_shardings``: the exported step keeps those shardings
+  in its argument types. With ``run``, the export runs on the 8 CPU devices
+  and must compute what the jitted step computes, bit for bit.
+  """
+  platforms = ("cpu", "cuda", "rocm", "tpu")
+  mesh = make_mesh(AxisType.Explicit)
+  params = make_params()
+  tx = na.nanoadam(
+    1e-2, density=DENSITY, mask_interval=2, exclude="norm", **options
+  )
+  shardings = param_shardings(mesh)
+  abstract_state = jax.eval_shape(tx.init, params)
+  predicted = na.state_shardings(abstract_state, shardings)
+
+  def step(params, state, grads):
+    updates, state = tx.update(grads, state, params)
+    return optax.apply_updates(params, updates), state
+
+  def typed(tree, shardings):
+    return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      tree,
+      shardings,
+    )
+
+  with jax.set_mesh(mesh):
+    init = jax.jit(tx.init, out_shardings=predicted)
+    jitted = jax.jit(step, out_shardings=(shardings, predicted))
+    abstract_params = typed(jax.eval_shape(lambda: params), shardings)
+    exported_init = jax.export.export(init, platforms=platforms)(
+      abstract_params
+    )
+    exported = jax.export.export(jitted, platforms=platforms)(
+      abstract_params, typed(abstract_state, predicted), abstract_params
+    )
+    for program in (exported_init, exported):
+      assert program.platforms == platforms, program.platforms
+      assert program.nr_devices == DEVICES, program.nr_devices
+    # The shardings are part of the exported types.
+    expected = jax.tree.leaves((shardings, predicted, shardings))
+    assert len(exported.in_avals) == len(expected)
+    for aval, sharding in zip(exported.in_avals, expected, strict=True):
+      typed_sharding = NamedSharding(mesh, aval.sharding.spec)
+      assert typed_sharding.is_equivalent_to(sharding, aval.ndim), (
+        aval,
+        sharding.spec,
+      )
+    buffer = predicted[0].mu["encoder/kernel"].spec
+    assert buffer == P(("data", "model")), buffer
+    if not run:
+      return
+
+    start = jax.device_put(params, shardings)
+    ran = (start, exported_init.call(start))
+    reference = (start, init(start))
+    for grad in make_grads(params, 3):
+      grad = jax.device_put(grad, shardings)
+      ran = exported.call(*ran, grad)
+      reference = jitted(*reference, grad)
+  assert_shardings(ran, (shardings, predicted))
+  for a, b in zip(
+    jax.tree.leaves(ran), jax.tree.leaves(reference), strict=True
+  ):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# Run by tests/test_export.py, not by test_sharding.py.
+EXPORT_CHECKS = {
+  "export_tensor_auto": lambda: export_explicit(run=True),
+  "export_tensor_top_k": lambda: export_explicit(selection="top_k"),
+  "export_block_bf16_random": lambda: export_explicit(
+    granularity="block",
+    block_size=256,
+    mu_dtype=jnp.bfloat16,
+    nu_dtype=jnp.bfloat16,
+    select="random",
+  ),
+}
+
+
 CHECKS = {
   "fsdp_matches_single_device": check_fsdp_matches_single_device,
   "orbax_sharded_resume": check_orbax_sharded_resume,
@@ -486,7 +572,8 @@ def force_host_devices(count):
 
 
 def main(out_path, names):
-  report_checks(out_path, {name: CHECKS[name] for name in names or CHECKS})
+  known = {**CHECKS, **EXPORT_CHECKS}
+  report_checks(out_path, {name: known[name] for name in names or CHECKS})
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from nanoadam_jax import _adam
 from tests.conftest import optax_reference
@@ -57,12 +58,24 @@ def test_adam_direction_keeps_moment_dtypes_with_traced_hyperparameters():
   assert mu.dtype == jnp.float32 and nu.dtype == jnp.bfloat16
 
 
-def test_scaled_casts_then_multiplies_as_optax_scale():
+def test_scaled_multiplies_in_float32_then_rounds_once():
   direction = jnp.asarray([1.0, -3.0, 1e-3], jnp.float32)
   unscaled = _adam.scaled(direction, None, jnp.bfloat16)
   np.testing.assert_array_equal(unscaled, direction.astype(jnp.bfloat16))
-  with optax_reference():
-    expected, _ = optax.scale(-0.1).update(direction.astype(jnp.bfloat16), None)
   scaled = _adam.scaled(direction, jnp.float32(-0.1), jnp.bfloat16)
   assert scaled.dtype == jnp.bfloat16
+  expected = (jnp.float32(-0.1) * direction).astype(jnp.bfloat16)
   np.testing.assert_array_equal(scaled, expected)
+
+
+@pytest.mark.parametrize(
+  ("dtypes", "expected"),
+  [
+    ((jnp.bfloat16,), jnp.float32),
+    ((jnp.float16, jnp.bfloat16), jnp.float32),
+    ((jnp.float32, jnp.bfloat16), jnp.float32),
+    ((jnp.bfloat16, jnp.float64), jnp.float64),
+  ],
+)
+def test_compute_dtype_is_float32_at_least(dtypes, expected):
+  assert _adam.compute_dtype(*dtypes) == jnp.dtype(expected)
