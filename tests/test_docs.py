@@ -63,6 +63,13 @@ def test_api_page_lists_every_public_name():
   assert not missing, f"add to docs/api.md: {sorted(missing)}"
 
 
+def test_layout_page_lists_every_module():
+  text = (DOCS / "layout.md").read_text()
+  modules = sorted(p.name for p in (ROOT / "nanoadam_jax").glob("*.py"))
+  missing = [name for name in modules if f"nanoadam_jax/{name}" not in text]
+  assert not missing, f"add to docs/layout.md: {missing}"
+
+
 @pytest.mark.parametrize(
   "page",
   [p for p in PAGES if python_blocks(p)],
