@@ -2,9 +2,9 @@
 
 We take sentence-transformers' all-MiniLM-L6-v2 (a 6-layer BERT, 22.6M
 weights), put a fresh linear head on it, and finetune both on the sentiment
-of Rotten Tomatoes sentences. NanoAdam trains, in every pretrained matrix,
+of Rotten Tomatoes sentences. NanoAdam trains, in every pretrained tensor,
 only the 10% of entries with the smallest magnitude; the LayerNorms and the
-new head are trained densely. At the end we save the model and optimizer
+new head are trained densely (AdamW). At the end we save the model and optimizer
 with Orbax and restore them into new objects.
 
   python examples/finetune_tutorial.py          # a few minutes on 2 cores
@@ -58,8 +58,9 @@ class Classifier(nnx.Module):
     return self.head(self.encoder(ids, mask))
 
 
-# 3. Optimizer: warmup then linear decay to zero. Paths of the params read
-# like "encoder/layers/0/attention_norm/scale" and "head/kernel".
+# 3. Optimizer: a warmup, then cosine decay to zero. Param paths read like
+# "encoder/layers/0/attention_norm/scale" and "head/kernel", which is what
+# `exclude` matches: LayerNorms and the head are trained densely.
 def create(encoder: BertEncoder):
   model = Classifier(encoder, nnx.Rngs(0))
   schedule = optax.warmup_cosine_decay_schedule(0.0, 1e-3, steps // 10, steps)
