@@ -2,6 +2,7 @@
 Python blocks run as written, the API page covers ``nanoadam_jax.__all__``,
 and the relative links of the README and the pages point to files."""
 
+import functools
 import pathlib
 import re
 import subprocess
@@ -25,8 +26,13 @@ def python_blocks(page: pathlib.Path) -> list[str]:
   return [block for block in blocks if "\n...\n" not in block]
 
 
+@functools.cache
 def run_page(page: pathlib.Path) -> dict:
-  """Runs the page's blocks in order in one namespace, as a reader would."""
+  """Runs the page's blocks in order in one namespace, as a reader would.
+
+  Once per page and session: the tests that check what a page's snippets
+  did read the same namespace (the options guide's test changes its state).
+  """
   namespace: dict = {}
   # Optax's schedules and inject_hyperparams are not strict-promotion
   # clean; the pages show user code, which runs under standard rules.
