@@ -31,7 +31,11 @@ def _stored_tree(stored: Any) -> Any:
 
 
 def _by_path(tree: Any) -> dict[str, Any]:
+  """Leaves by "/"-joined path, without a Flax NNX Variable's trailing
+  ``value``: Orbax's metadata of a saved ``nnx.state`` keeps it as a key,
+  where the state itself is matched without it."""
   paths, leaves, _ = _tree.leaf_paths(tree)
+  paths = [path.removesuffix("/value") for path in paths]
   return dict(zip(paths, leaves, strict=True))
 
 
@@ -39,15 +43,16 @@ def _nanoadam_buffers(target: Any) -> dict[str, tuple[str, str]]:
   """Path in ``target`` -> (param path, buffer field) of each NanoAdam
   buffer in it."""
   with_path, _ = jax.tree_util.tree_flatten_with_path(
-    target, is_leaf=_state.is_state
+    target, is_leaf=_state.is_state_like
   )
   owners = {}
   for prefix, node in with_path:
-    if not _state.is_state(node):
+    state = _state.as_state(node)
+    if state is None:
       continue
     base = _tree.path_str(prefix)
     for field in _FIELDS:
-      for param_path in _by_path(getattr(node, field)):
+      for param_path in _by_path(getattr(state, field)):
         full = "/".join(part for part in (base, field, param_path) if part)
         owners[full] = (param_path, field)
   return owners
@@ -90,6 +95,13 @@ def check_checkpoint(stored: Any, target: Any) -> None:
   """
   got = _by_path(_stored_tree(stored))
   want = _by_path(target)
+  if want and not got:
+    raise ValueError(
+      "`stored` holds no array metadata. An ocp.CheckpointManager opened "
+      "without item handlers returns None for each item's metadata: open "
+      "it with `item_handlers=` (e.g. ocp.StandardCheckpointHandler() per "
+      "item) before calling item_metadata(step)."
+    )
   owners = _nanoadam_buffers(target)
   for path in sorted(set(got) | set(want)):
     owner = owners.get(path)
@@ -117,7 +129,7 @@ def check_checkpoint(stored: Any, target: Any) -> None:
         message += (
           f": the checkpoint was saved with about {ratio:.3g}x this "
           "optimizer's density, or another granularity or block_size. "
-          "Build the optimizer with the settings it was saved with."
+          "Build the optimizer with the settings it was saved with"
         )
       raise ValueError(message + ".")
     stored_dtype = getattr(got[path], "dtype", None)

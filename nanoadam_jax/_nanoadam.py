@@ -438,7 +438,9 @@ def nanoadam(
   It computes ``optax.chain(scale_by_nanoadam(...),
   optax.scale_by_learning_rate(learning_rate))`` and has that chain's state,
   but multiplies only the selected entries by the step size, before they are
-  written into the dense update, which saves a pass over every tensor.
+  written into the dense update, which saves a pass over every tensor. (For
+  16-bit params it is also more precise: it rounds the float32 product
+  once, where the chain rounds the direction and then the product.)
 
   Args:
     learning_rate: a float or an Optax schedule :math:`\eta_t`.

@@ -102,13 +102,20 @@ def find_states(opt_state: Any) -> list[ScaleByNanoAdamState]:
   ``nnx.Optimizer`` (or its ``opt_state``), or what ``nnx.state`` returns
   for one.
   """
-  found = lambda node: is_state(node) or _from_mapping(node) is not None
-  nodes = jax.tree.leaves(opt_state, is_leaf=found)
-  return [
-    node if is_state(node) else _from_mapping(node)
-    for node in nodes
-    if found(node)
-  ]
+  nodes = jax.tree.leaves(opt_state, is_leaf=is_state_like)
+  return [as_state(node) for node in nodes if is_state_like(node)]
+
+
+def as_state(node: Any) -> ScaleByNanoAdamState | None:
+  """``node`` as a state: itself, the state a mapping of its four fields
+  stands for (see :func:`_from_mapping`), or None."""
+  return node if is_state(node) else _from_mapping(node)
+
+
+def is_state_like(node: Any) -> bool:
+  """Whether ``node`` is a NanoAdam state or the mapping ``nnx.state``
+  makes of one."""
+  return as_state(node) is not None
 
 
 class LeafBuffers(NamedTuple):

@@ -247,3 +247,30 @@ def test_check_checkpoint_names_the_param_saved_with_another_density(
   )
   with pytest.raises(ValueError, match=r"float32 in the checkpoint but "):
     na.check_checkpoint(metadata, bf16)
+
+
+def test_check_checkpoint_reads_an_nnx_checkpoint(tmp_path):
+  """Orbax's metadata of a saved nnx.state keeps each Variable's ``value``
+  as a key; a checkpoint that fits passes, one of another density names
+  the kernel."""
+
+  def create(density):
+    model = nnx.Linear(16, 8, rngs=nnx.Rngs(0))
+    tx = na.nanoadam(1e-3, density, exclude="bias")
+    return model, nnx.Optimizer(model, tx, wrt=nnx.Param)
+
+  with ocp.StandardCheckpointer() as checkpointer:
+    checkpointer.save(tmp_path / "nnx", nnx.state(create(0.25)))
+    checkpointer.wait_until_finished()
+    metadata = checkpointer.metadata(tmp_path / "nnx")
+  na.check_checkpoint(metadata, nnx.state(nnx.eval_shape(lambda: create(0.25))))
+  with pytest.raises(ValueError, match="param 'kernel' holds 32 entries"):
+    na.check_checkpoint(
+      metadata, nnx.state(nnx.eval_shape(lambda: create(0.5)))
+    )
+
+
+def test_check_checkpoint_says_when_metadata_is_missing():
+  target = jax.eval_shape(na.nanoadam(1e-3).init, {"w": jnp.ones(4)})
+  with pytest.raises(ValueError, match="no array metadata.*item_handlers"):
+    na.check_checkpoint(None, target)
