@@ -126,8 +126,11 @@ def lowest_k_indices(
   """Flat indices of the ``k_active`` lowest entries of ``scores``.
 
   The exact backends (``"top_k"``, ``"radix"``, and ``"auto"``, which picks
-  one of them) return the same array (on the two corner cases where they
-  differ, see the module docstring). ``"approx"`` returns the indices of
+  one of them) return the same array on every score NanoAdam builds. They
+  differ on two kinds of input only: scores holding both ``+0.0`` and
+  ``-0.0`` (``"radix"`` ties them, ``"top_k"`` takes ``-0.0`` first), and
+  bfloat16 subnormals (XLA:CPU's ``top_k`` reads them as zero, ``"radix"``
+  orders them by value). ``"approx"`` returns the indices of
   :func:`jax.lax.approx_min_k`: on CPU it runs an exact selection of values
   (recall 1 on distinct scores) but gives ties to arbitrary indices; on TPU it
   trades recall (``recall_target=0.95``, its default) for speed. Its output
