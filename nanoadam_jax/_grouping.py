@@ -24,7 +24,6 @@ smaller leaves then re-select on the padded size. Block layouts group only
 when equal.
 """
 
-import dataclasses
 import functools
 from collections.abc import Callable
 from collections.abc import Hashable
@@ -35,7 +34,6 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from nanoadam_jax import _layout
 from nanoadam_jax import _mesh
 from nanoadam_jax import _sparse_leaf
 
@@ -156,27 +154,20 @@ def reselect_group(
   """:meth:`SparseLeaf.reselect` of each leaf, in one traced program.
 
   The leaves (one group of :func:`selection_groups`) re-select through the
-  first, laid out for the largest: per tensor, scores are padded with +inf
-  and buffers with zeros to the largest ``n`` and ``k``.
+  largest of them: each pads its scores and buffers to the largest's layout
+  (:meth:`SparseLeaf.to_group_rows`), the largest re-selects those rows
+  with the padded leaf's own active counts, and each takes its part back
+  (:meth:`SparseLeaf.from_group_rows`).
   """
-  padded = leaves[0].layout
-  if not padded.blockwise:
-    n = max(leaf.layout.n for leaf in leaves)
-    k = max(leaf.layout.k for leaf in leaves)
-    padded = padded._replace(n=n, row_size=n, k=k)
-  padded_leaf = dataclasses.replace(leaves[0], layout=padded)
-
-  def pad(x, size, value=0):
-    if padded.blockwise or x.shape[-1] == size:
-      return x
-    return jnp.pad(x, (0, size - x.shape[-1]), constant_values=value)
+  largest = max(leaves, key=lambda leaf: leaf.layout.n)
+  group = largest.layout
 
   def padded_scores(leaf, param):
-    return pad(leaf.scores(param, step), padded.row_size, jnp.inf)
+    return leaf.to_group_rows(group, scores=leaf.scores(param, step))
 
   def reselect(scores, carried):
     old, active = carried
-    return padded_leaf.reselect_rows(scores, step, old, active), active
+    return largest.reselect_rows(scores, step, old, active), active
 
   out = map_leaves(
     reselect,
@@ -185,22 +176,11 @@ def reselect_group(
       for leaf, param in zip(leaves, params, strict=True)
     ],
     [
-      (tuple(pad(b, padded.k) for b in old), leaf.active_count_change(step))
+      (leaf.to_group_rows(group, buffers=old), leaf.active_count_change(step))
       for leaf, old in zip(leaves, buffers, strict=True)
     ],
   )
-  new = []
-  for leaf, (chosen_buffers, (new_active, _)) in zip(leaves, out, strict=True):
-    layout = leaf.layout
-    chosen, mu, nu = (b[..., : layout.k] for b in chosen_buffers)
-    if layout.row_size < padded.row_size:
-      # Inactive slots point past this leaf's row, not the padded one.
-      slots = jnp.arange(layout.k, dtype=jnp.int32)
-      chosen = jnp.where(
-        slots < new_active,
-        chosen,
-        _layout.unused_marker(layout.row_size, slots),
-      )
-      chosen = chosen.astype(layout.index_dtype)
-    new.append((chosen, mu, nu))
-  return new
+  return [
+    leaf.from_group_rows(group, chosen, new_active)
+    for leaf, (chosen, (new_active, _)) in zip(leaves, out, strict=True)
+  ]

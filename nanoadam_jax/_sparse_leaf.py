@@ -177,6 +177,45 @@ class SparseLeaf:
     """
     return self.reselect_rows(self.scores(param, step), step, buffers)
 
+  def to_group_rows(
+    self,
+    group: _layout.Layout,
+    *,
+    scores: jax.Array | None = None,
+    buffers: Buffers | None = None,
+  ) -> Any:
+    """This leaf's ``scores`` (or ``buffers``) padded to ``group``, the
+    layout of the largest leaf it re-selects with (see ``_grouping``).
+
+    Per tensor, scores are padded with +inf (never selected) to the group's
+    ``n`` and buffers with zeros to its ``k``; block layouts group only when
+    equal, so they need no padding.
+    """
+
+    def pad(x, size, value):
+      if self.layout.blockwise or x.shape[-1] == size:
+        return x
+      return jnp.pad(x, (0, size - x.shape[-1]), constant_values=value)
+
+    if scores is not None:
+      return pad(scores, group.row_size, jnp.inf)
+    return tuple(pad(b, group.k, 0) for b in buffers)
+
+  def from_group_rows(
+    self, group: _layout.Layout, buffers: Buffers, new_active: jax.Array
+  ) -> Buffers:
+    """Inverse of :meth:`to_group_rows` for re-selected buffers: this leaf's
+    ``k`` slots, its unused slots marked past its own row (the group marked
+    them past the group's)."""
+    layout = self.layout
+    chosen, mu, nu = (b[..., : layout.k] for b in buffers)
+    if layout.row_size < group.row_size:
+      slots = jnp.arange(layout.k, dtype=jnp.int32)
+      marker = _layout.unused_marker(layout.row_size, slots)
+      chosen = jnp.where(slots < new_active, chosen, marker)
+      chosen = chosen.astype(layout.index_dtype)
+    return chosen, mu, nu
+
   def reselect_rows(
     self,
     scores: jax.Array,
@@ -186,9 +225,9 @@ class SparseLeaf:
   ) -> Buffers:
     """:meth:`reselect` from the rows of :meth:`scores`.
 
-    A group of leaves re-selects through one leaf laid out for the largest of
-    them (see ``_grouping``): ``scores`` and ``buffers`` are then a smaller
-    leaf's, padded, and ``active`` gives that leaf's
+    A group of leaves re-selects through its largest leaf (see
+    ``_grouping``): ``scores`` and ``buffers`` are then another leaf's,
+    padded by :meth:`to_group_rows`, and ``active`` gives that leaf's
     :meth:`active_count_change`.
     """
     config, layout = self.config, self.layout
