@@ -25,11 +25,11 @@ install: $(STAMP)
 
 # The main job: all-MiniLM-L6-v2 finetuned with AdamW and NanoAdam (~5 min).
 demo: $(STAMP)
-	$(BIN)/python examples/finetune_minilm.py --demo --out $(DEMO_OUT)
+	$(BIN)/python studies/finetune_minilm.py --demo --out $(DEMO_OUT)
 
 # The fast example: an MLP on sklearn's digits (~2 min).
 demo-digits: $(STAMP)
-	$(BIN)/python examples/compare_finetuning.py --out $(DEMO_OUT)
+	$(BIN)/python studies/compare_finetuning.py --out $(DEMO_OUT)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

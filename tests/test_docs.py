@@ -71,8 +71,12 @@ def test_api_page_lists_every_public_name():
 
 def test_layout_page_lists_every_module():
   text = (DOCS / "layout.md").read_text()
-  modules = sorted(p.name for p in (ROOT / "nanoadam_jax").glob("*.py"))
-  missing = [name for name in modules if f"nanoadam_jax/{name}" not in text]
+  modules = [
+    f"{folder}/{p.name}"
+    for folder in ("nanoadam_jax", "examples", "studies")
+    for p in sorted((ROOT / folder).glob("*.py"))
+  ]
+  missing = [name for name in modules if name not in text]
   assert not missing, f"add to docs/layout.md: {missing}"
 
 

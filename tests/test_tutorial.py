@@ -7,7 +7,7 @@ with Orbax and restores them into new objects.
 
 import re
 
-from tests.test_examples import run_example
+from tests.scripts import run_script
 
 
 def before_after(out: str, name: str) -> tuple[float, float]:
@@ -18,7 +18,9 @@ def before_after(out: str, name: str) -> tuple[float, float]:
 
 
 def test_tutorial_trains_saves_and_restores(tmp_path):
-  out = run_example("finetune_tutorial.py", "--quick", "--out", str(tmp_path))
+  out = run_script(
+    "examples/finetune_tutorial.py", "--quick", "--out", str(tmp_path)
+  )
   loss_before, loss_after = before_after(out, "test loss")
   accuracy_before, accuracy_after = before_after(out, "test accuracy")
   # A fresh head starts near chance; 30 steps reach about 0.78.

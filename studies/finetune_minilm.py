@@ -17,7 +17,7 @@ similarities of the finetuned encoder's embeddings with the pretrained
 encoder's: *similarity kept* is their Pearson correlation (1.0: the
 structure survives intact), *forgetting* is one minus it.
 
-Run ``python examples/finetune_minilm.py`` for the full study (about an hour
+Run ``python studies/finetune_minilm.py`` for the full study (about an hour
 on two CPU cores; ``--steps`` and ``--seeds`` scale it up), ``--demo`` for
 the reduced comparison that ``make demo`` runs (AdamW against the paper's
 recipe at the rates the full study chose), or ``--quick`` for a smoke run.
@@ -32,6 +32,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,21 +40,36 @@ import matplotlib.pyplot as plt
 import numpy as np
 import optax
 from flax import nnx
-from minilm import load_minilm
-from minilm import tokenize
-from movie_reviews import load_movie_reviews
-from movie_reviews import load_nyt_editorials
 from tqdm import tqdm
 from tqdm import trange
 
 import nanoadam_jax as na
 
+# The pretrained model's and the data's loaders are the examples' own.
+sys.path.insert(
+  0, str(pathlib.Path(__file__).resolve().parents[1] / "examples")
+)
+
+from minilm import load_minilm  # noqa: E402
+from movie_reviews import load_movie_reviews  # noqa: E402
+from movie_reviews import load_nyt_editorials  # noqa: E402
+from mpnet import load_mpnet  # noqa: E402
+from sentence_encoder import tokenize  # noqa: E402
+
 # ----------------------------------------------------------------------------
 # Settings.
 
 
+# The pretrained encoders a study can finetune: name -> (title, loader).
+ENCODERS = {
+  "minilm": ("all-MiniLM-L6-v2", load_minilm),
+  "mpnet": ("all-mpnet-base-v2", load_mpnet),
+}
+
+
 @dataclasses.dataclass(frozen=True)
 class Config:
+  model: str = "minilm"  # a key of ENCODERS
   seeds: int = 3
   steps: int = 80
   batch_size: int = 16
@@ -70,6 +86,8 @@ class Config:
   nano_lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
   variant_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # variants, ablations
   probe_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # a lone head wants more
+  galore_lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+  lora_lrs: tuple[float, ...] = (1e-3, 3e-3, 1e-2)  # adapters start at zero
   methods: tuple[str, ...] = ()  # empty: all of METHODS
   timing_rounds: int = 3
 
@@ -96,7 +114,15 @@ QUICK = Config(
   nano_lrs=(1e-3,),
   variant_lrs=(1e-3,),
   probe_lrs=(1e-3,),
-  methods=("AdamW", "NanoAdam (paper's GLUE recipe)", "head only (probe)"),
+  methods=(
+    "AdamW",
+    "NanoAdam (paper's GLUE recipe)",
+    "head only (probe)",
+    "GaLore r=32",
+    "LoRA r=8",
+  ),
+  galore_lrs=(1e-3,),
+  lora_lrs=(3e-3,),
   timing_rounds=1,
 )
 
@@ -114,6 +140,7 @@ class Method:
   grid: str  # the Config field with this method's rates
   seeded: bool = False  # the transformation itself draws from the seed
   encoder: bool = True  # False: the encoder is frozen (a linear probe)
+  lora_rank: int = 0  # > 0: the encoder is frozen and LoRA adapters train
 
 
 def nano(density=0.1, granularity="tensor", select="smallest"):
@@ -162,6 +189,22 @@ def adamw(schedule, cfg, seed):
   return optax.adamw(schedule, weight_decay=0.01)
 
 
+def galore(rank: int):
+  """Optax's GaLore: Adam on each matrix's gradient projected to ``rank``
+  (vectors keep plain Adam), the projection refreshed from the gradient's SVD
+  as often as NanoAdam re-selects, AdamW's decoupled weight decay."""
+
+  def make(schedule, cfg, seed):
+    return optax.contrib.galore(
+      schedule,
+      rank=rank,
+      update_proj_gap=cfg.mask_interval,
+      weight_decay=0.01,
+    )
+
+  return make
+
+
 METHODS = (
   Method("AdamW", adamw, "adamw_lrs"),
   Method("NanoAdam (paper's GLUE recipe)", glue_recipe(), "nano_lrs"),
@@ -176,6 +219,10 @@ METHODS = (
   Method("largest d=0.1 (ablation)", nano(select="largest"), "variant_lrs"),
   Method("random d=0.1 (ablation)", nano(select="random"), "variant_lrs", True),
   Method("head only (probe)", adamw, "probe_lrs", encoder=False),
+  Method("GaLore r=32", galore(32), "galore_lrs"),
+  Method("GaLore r=128", galore(128), "galore_lrs"),
+  Method("LoRA r=8", adamw, "lora_lrs", encoder=False, lora_rank=8),
+  Method("LoRA r=32", adamw, "lora_lrs", encoder=False, lora_rank=32),
 )
 
 
@@ -199,21 +246,49 @@ def schedule_shape(cfg: Config) -> optax.Schedule:
 class Task:
   """The pretrained encoder, a head, and jitted functions around them."""
 
-  def __init__(self, seed: int = 0):
-    model, self.tokenizer = load_minilm(seed)
+  def __init__(self, encoder: str, seed: int = 0):
+    model, self.tokenizer = ENCODERS[encoder][1](seed)
+    self.hidden = model.word_embeddings.features
     self.graphdef, self.pretrained = nnx.split(model, nnx.Param)
     self.embed = jax.jit(self._embed)
+    # The attention and FFN projections' kernels, where LoRA adapts.
+    self.projections = {
+      name: w.shape
+      for name, w in flat(self.pretrained).items()
+      if name.split("/", 2)[-1].removesuffix("/kernel") in MATRICES
+    }
 
   def fresh_head(self, seed: int):
-    kernel = 0.02 * jax.random.normal(jax.random.key(seed), (384, 2))
+    kernel = 0.02 * jax.random.normal(jax.random.key(seed), (self.hidden, 2))
     return {"kernel": kernel, "bias": jnp.zeros(2)}
+
+  def adapters(self, rank: int, seed: int) -> dict:
+    """Flax's LoRA adapters beside every projection: A random, B zero, so
+    training starts from the pretrained encoder."""
+    rngs = nnx.Rngs(seed)
+    adapters = {}
+    for name, (fan_in, fan_out) in self.projections.items():
+      lora = nnx.LoRA(fan_in, rank, fan_out, rngs=rngs)
+      adapters[name] = {"a": lora.lora_a[...], "b": lora.lora_b[...]}
+    return adapters
+
+  def encoder_of(self, params):
+    """The encoder's weights; with LoRA adapters, each projection's W + AB."""
+    if "lora" not in params:
+      return params["encoder"]
+
+    def adapted(path, w):
+      lora = params["lora"].get(path_name(path))
+      return w if lora is None else w + lora["a"] @ lora["b"]
+
+    return jax.tree_util.tree_map_with_path(adapted, params["encoder"])
 
   def _embed(self, encoder, ids, mask):
     return nnx.merge(self.graphdef, encoder)(ids, mask)
 
   def loss(self, params, ids, mask, labels):
     logits = (
-      self._embed(params["encoder"], ids, mask) @ params["head"]["kernel"]
+      self._embed(self.encoder_of(params), ids, mask) @ params["head"]["kernel"]
       + (params["head"]["bias"])
     )
     return optax.softmax_cross_entropy_with_integer_labels(
@@ -240,11 +315,15 @@ class Task:
 
     return jax.jit(step, donate_argnums=(0, 2))
 
-  def split(self, method: Method, params):
-    """(trainable, frozen): a probe trains the head alone."""
+  def split(self, method: Method, params, seed: int):
+    """(trainable, frozen): a probe trains the head alone, LoRA the head and
+    its adapters."""
     if method.encoder:
       return params, {}
-    return {"head": params["head"]}, {"encoder": params["encoder"]}
+    trainable = {"head": params["head"]}
+    if method.lora_rank:
+      trainable["lora"] = self.adapters(method.lora_rank, seed)
+    return trainable, {"encoder": params["encoder"]}
 
   def embeddings(self, encoder, tokens, chunk: int = 100) -> np.ndarray:
     """Mean-pooled embeddings, in fixed-size chunks (one compile)."""
@@ -257,6 +336,16 @@ class Task:
       for i in range(0, n + pad, chunk)
     ]
     return np.concatenate(out)[:n]
+
+
+def path_name(path) -> str:
+  """``layers/0/attention/query/kernel`` for a key path into an nnx.State."""
+  return "/".join(str(k.key) for k in path if hasattr(k, "key"))
+
+
+def flat(state) -> dict[str, jax.Array]:
+  leaves = jax.tree_util.tree_leaves_with_path(state)
+  return {path_name(path): leaf for path, leaf in leaves}
 
 
 def accuracy(embeddings, head, labels) -> float:
@@ -322,7 +411,7 @@ class Runner:
     }
     # Fresh copies: the step donates its buffers.
     params = jax.tree.map(jnp.array, params)
-    trainable, frozen = self.task.split(method, params)
+    trainable, frozen = self.task.split(method, params, seed)
     # A schedule, not a float: Optax's state differs between the two.
     tx = method.make_tx(schedule_shape(self.cfg), self.cfg, seed)
     return trainable, frozen, tx.init(trainable)
@@ -362,7 +451,7 @@ class Runner:
     bar.close()
     params = {**frozen, **trainable}
     task, data = self.task, self.data
-    encoder, head = params["encoder"], params["head"]
+    encoder, head = task.encoder_of(params), params["head"]
     split = (
       (data.test, data.test_labels) if test else (data.val, data.val_labels)
     )
@@ -462,10 +551,49 @@ def small_over_large(w: np.ndarray, g: np.ndarray) -> float:
   return float(g[small].mean() / g[large].mean())
 
 
-def run(cfg: Config, methods: list[Method], fixed_lrs: dict[str, float]):
-  task = Task()
+def saved_runs(runner: Runner, folder: pathlib.Path) -> Callable:
+  """``runner.run`` that saves each finished run in ``folder`` and reads it
+  back when asked again, so that a stopped study resumes where it stopped."""
+  folder.mkdir(parents=True, exist_ok=True)
+  # What a run's result depends on (not the seed count, grids or methods).
+  settings = dataclasses.asdict(runner.cfg)
+  for name in ("seeds", "methods", "timing_rounds"):
+    settings.pop(name)
+  settings = json.dumps(
+    {k: v for k, v in settings.items() if not k.endswith("_lrs")},
+    sort_keys=True,
+  )
+  recorded = folder / "config.json"
+  if recorded.exists() and recorded.read_text() != settings:
+    raise SystemExit(
+      f"{folder} holds runs of other settings ({recorded}); "
+      "give another --out or delete it."
+    )
+  recorded.write_text(settings)
+
+  def run(method: Method, lr: float, seed: int, test: bool) -> dict:
+    name = "".join(c if c.isalnum() else "-" for c in method.name)
+    split = "test" if test else "val"
+    path = folder / f"{name}_lr{lr:g}_seed{seed}_{split}.json"
+    if path.exists():
+      return json.loads(path.read_text())
+    result = runner.run(method, lr, seed, test)
+    path.write_text(json.dumps(result))
+    return result
+
+  return run
+
+
+def run(
+  cfg: Config,
+  methods: list[Method],
+  fixed_lrs: dict[str, float],
+  runs: pathlib.Path,
+):
+  task = Task(cfg.model)
   data = Data(task, cfg)
   runner = Runner(task, data, cfg)
+  train = saved_runs(runner, runs)
   grids = {
     m.name: (fixed_lrs[m.name],)
     if m.name in fixed_lrs
@@ -480,13 +608,13 @@ def run(cfg: Config, methods: list[Method], fixed_lrs: dict[str, float]):
       chosen[m.name] = grids[m.name][0]
       continue
     for lr in grids[m.name]:
-      sweep[m.name][lr] = runner.run(m, lr, 0, test=False)
+      sweep[m.name][lr] = train(m, lr, 0, test=False)
     chosen[m.name] = max(sweep[m.name], key=lambda r: sweep[m.name][r]["acc"])
   # 2. Every seed at the chosen rate, on the test split.
   final = {m.name: [] for m in methods}
   for seed in range(cfg.seeds):
     for m in methods:
-      final[m.name].append(runner.run(m, chosen[m.name], seed, test=True))
+      final[m.name].append(train(m, chosen[m.name], seed, test=True))
   # 3. Costs against AdamW in the same process.
   adamw_method = next(m for m in methods if m.name == "AdamW")
   costs = {}
@@ -578,10 +706,23 @@ def reading(cfg, sweep, chosen, final, costs, pairs) -> str:
   return " ".join(s)
 
 
+PEERS_NOTE = (
+  "",
+  "*GaLore*: `optax.contrib.galore` with AdamW's decoupled weight decay "
+  "(0.01): Adam on every matrix's gradient projected to the rank (embeddings "
+  "included; vectors get plain Adam), the projection recomputed from the "
+  "gradient's SVD every `mask_interval` steps, as often as NanoAdam "
+  "re-selects. *LoRA*: Flax's `nnx.LoRA` adapters (A from Flax's default "
+  "initializer, B zero, no extra scaling) beside each attention and FFN "
+  "projection, trained by AdamW with the head; the rest of the encoder is "
+  "frozen. Its *weights changed* counts the merged weights W + AB.",
+)
+
+
 def write_report(out, cfg, sweep, chosen, final, costs, pairs, secs, argv):
   adamw_bytes = final["AdamW"][0]["state_bytes"]
   lines = [
-    "# Finetuning all-MiniLM-L6-v2 on movie-review sentiment",
+    f"# Finetuning {ENCODERS[cfg.model][0]} on movie-review sentiment",
     "",
     f"Command: `{argv}`. Machine: {platform.machine()}, "
     f"{jax.device_count()} {jax.devices()[0].platform.upper()} device(s) "
@@ -593,10 +734,16 @@ def write_report(out, cfg, sweep, chosen, final, costs, pairs, secs, argv):
     f"{cfg.max_len} tokens), linear warmup over {cfg.warmup:.0%} of the "
     "steps then linear decay to 0, a fresh linear head (trained densely by "
     f"every method), NanoAdam's mask interval {cfg.mask_interval} with "
-    '`exclude="norm|head"`. Rate grids: AdamW and the probe '
-    + ", ".join(f"{x:.0e}" for x in cfg.adamw_lrs)
-    + "; NanoAdam and its ablations "
-    + ", ".join(f"{x:.0e}" for x in cfg.nano_lrs)
+    '`exclude="norm|head"`. Rate grids: '
+    + "; ".join(
+      f"{name} "
+      + (
+        ", ".join(f"{lr:.0e}" for lr in sorted(sweep[name]))
+        if sweep[name]
+        else f"fixed at {chosen[name]:.0e}"
+      )
+      for name in final
+    )
     + f". Validation {cfg.val_size} sentences, test {cfg.test_size}, "
     f"similarity probe {cfg.similarity_sentences} NYT editorial sentences. "
     "Mean ± std over seeds at each method's chosen rate.",
@@ -627,6 +774,11 @@ def write_report(out, cfg, sweep, chosen, final, costs, pairs, secs, argv):
     "AdamW's, interleaved blocks in one process. *compile*: seconds to lower "
     "and compile the train step, and the ratio to AdamW's. *peak memory*: "
     "XLA's compiled memory analysis of the train step.",
+    *(
+      PEERS_NOTE
+      if any(name.startswith(("GaLore", "LoRA")) for name in final)
+      else ()
+    ),
     "",
     "## What this shows, and what it does not",
     "",
@@ -664,10 +816,10 @@ def write_report(out, cfg, sweep, chosen, final, costs, pairs, secs, argv):
     f"{n}: {small_over_large(*pairs[n]):.2f}." for n in embeddings
   ]
   lines.append("")
-  (out / "minilm.md").write_text("\n".join(lines))
+  (out / f"{cfg.model}.md").write_text("\n".join(lines))
 
 
-def plot(out, sweep, final, pairs):
+def plot(out, model, sweep, final, pairs):
   if any(sweep.values()):
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, rates in sweep.items():
@@ -680,7 +832,7 @@ def plot(out, sweep, final, pairs):
     ax.set_title("Rate sweep")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "minilm_lr_sweep.png", dpi=120)
+    fig.savefig(out / f"{model}_lr_sweep.png", dpi=120)
     plt.close(fig)
 
   fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -700,7 +852,7 @@ def plot(out, sweep, final, pairs):
   ax.set_title("Accuracy against forgetting (mean ± std over seeds)")
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(out / "minilm_accuracy_vs_forgetting.png", dpi=120)
+  fig.savefig(out / f"{model}_accuracy_vs_forgetting.png", dpi=120)
   plt.close(fig)
 
   names = list(pairs)
@@ -746,8 +898,24 @@ def print_summary(final, chosen, costs):
     )
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+class Study(NamedTuple):
+  """A study's settings for each mode, and how it is run."""
+
+  script: str  # the command's path, for the report
+  doc: str  # the script's docstring, for --help
+  full: Config
+  quick: Config
+  demo: Config
+  demo_lrs: dict[str, float]  # the rates --demo runs
+
+
+MINILM_STUDY = Study(
+  "studies/finetune_minilm.py", __doc__, Config(), QUICK, DEMO, DEMO_LRS
+)
+
+
+def main(study: Study = MINILM_STUDY):
+  parser = argparse.ArgumentParser(description=study.doc.splitlines()[0])
   mode = parser.add_mutually_exclusive_group()
   mode.add_argument("--quick", action="store_true", help="a smoke run")
   mode.add_argument("--demo", action="store_true", help="make demo's run")
@@ -763,7 +931,7 @@ def main():
     help="run METHOD at RATE only, instead of sweeping its grid",
   )
   args = parser.parse_args()
-  cfg = QUICK if args.quick else DEMO if args.demo else Config()
+  cfg = study.quick if args.quick else study.demo if args.demo else study.full
   if args.seeds:
     cfg = dataclasses.replace(cfg, seeds=args.seeds)
   if args.steps:
@@ -774,7 +942,7 @@ def main():
   methods = [m for m in METHODS if m.name in names]
   if "AdamW" not in names or len(methods) != len(names):
     parser.error(f"--methods must include AdamW and name only {METHODS}")
-  fixed_lrs = dict(DEMO_LRS) if args.demo else {}
+  fixed_lrs = dict(study.demo_lrs) if args.demo else {}
   for item in args.lr:
     name, _, rate = item.rpartition("=")
     if name not in names:
@@ -784,16 +952,21 @@ def main():
   out.mkdir(parents=True, exist_ok=True)
 
   begin = time.perf_counter()
-  sweep, chosen, final, costs, pairs = run(cfg, methods, fixed_lrs)
+  # Each finished run is kept under runs/, so a rerun resumes.
+  runs = out / "runs"
+  sweep, chosen, final, costs, pairs = run(cfg, methods, fixed_lrs, runs)
   secs = time.perf_counter() - begin
   # The raw numbers first, so that a long study is never lost to the report.
   raw = {"sweep": sweep, "chosen": chosen, "final": final, "costs": costs}
-  (out / "minilm.json").write_text(json.dumps(raw, indent=1, default=float))
-  argv = " ".join(["python examples/finetune_minilm.py", *sys.argv[1:]])
+  report = out / f"{cfg.model}.md"
+  report.with_suffix(".json").write_text(
+    json.dumps(raw, indent=1, default=float)
+  )
+  argv = " ".join(["python", study.script, *sys.argv[1:]])
   write_report(out, cfg, sweep, chosen, final, costs, pairs, secs, argv)
-  plot(out, sweep, final, pairs)
+  plot(out, cfg.model, sweep, final, pairs)
   print_summary(final, chosen, costs)
-  print(f"\nwrote {out / 'minilm.md'} in {secs / 60:.1f} min")
+  print(f"\nwrote {report} in {secs / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ the test split at that rate. The fresh head is excluded from the sparse
 treatment (``exclude=r"head"``), so NanoAdam trains it with dense AdamW, as the
 paper did with its classifier heads.
 
-Run ``python examples/compare_finetuning.py`` (a few minutes on two CPU
+Run ``python studies/compare_finetuning.py`` (a few minutes on two CPU
 cores) or add ``--quick`` for a smoke run. It writes ``comparison.md`` and
 three PNG plots to ``--out`` (default ``results/``).
 """

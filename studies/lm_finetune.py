@@ -14,7 +14,7 @@ only its smallest-magnitude entries. Each method tries three learning rates
 and keeps the one with the lowest target validation loss. All runs start from
 the same pretrained weights and see the same batches.
 
-Run ``python examples/lm_finetune.py`` (about 7 minutes on two idle CPU
+Run ``python studies/lm_finetune.py`` (about 7 minutes on two idle CPU
 cores) or add ``--quick`` for a smoke run of a tiny model. Writes
 ``lm_finetune.md`` to ``--out`` (default ``results/``).
 """

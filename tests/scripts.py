@@ -1,0 +1,40 @@
+"""Runs a script of the repository in a fresh interpreter and reads the
+markdown tables it writes (used by the example and study tests)."""
+
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def run_script(path: str, *args: str) -> str:
+  """Runs ``<repository>/<path>`` with ``args``; returns its stdout."""
+  result = subprocess.run(
+    [sys.executable, str(ROOT / path), *args],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result.stdout
+
+
+def read_table(markdown: str) -> dict[str, dict[str, str]]:
+  """The first markdown table, as {first cell: {column: cell}}."""
+  lines = markdown.splitlines()
+  start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+  rows = []
+  for line in lines[start:]:
+    if not line.startswith("|"):
+      break
+    rows.append([cell.strip() for cell in line.strip("|").split("|")])
+  header, rule, body = rows[0], rows[1], rows[2:]
+  assert set(rule) == {"---"} and body, markdown
+  return {row[0]: dict(zip(header, row, strict=True)) for row in body}
+
+
+def mean_std(cell: str) -> tuple[float, float]:
+  mean, std = (float(part) for part in cell.split("±"))
+  return mean, std
