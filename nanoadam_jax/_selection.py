@@ -179,20 +179,65 @@ def lowest_k_indices(
   backend = resolve_selection(selection)
   if backend == "radix" and scores.dtype in _KEY_BITS:
     if n <= _SORT_MAX_N:
-      return _sorted_keys_lowest_k(scores, k, k_active)
+      return _small_row_lowest_k(scores, k, k_active)
     return _radix_lowest_k(scores, k, k_active)
   if backend == "approx":
     return _approx_lowest_k(scores, k, k_active)
   return _top_k_lowest_k(scores, k, k_active)
 
 
+def _small_row_lowest_k(scores, k, k_active):
+  """``"radix"`` on a row of at most ``_SORT_MAX_N`` entries, sort-free.
+
+  The same indices as `_radix_lowest_k` (both zeros share a key, subnormals
+  keep their order, ties go to the lower index), from a program of
+  whole-row passes:
+
+  1. The threshold key ``t``, the smallest with at least ``k_active`` keys
+     ``<= t``, bit by bit from the top: one counting pass per key bit (32,
+     or 16 for 16-bit scores), each a compare and a sum over the row.
+  2. Ties at ``t``: a running count of the tied entries takes the lowest
+     indices among them, as many as ``k_active`` leaves after the entries
+     keyed below ``t``.
+  3. A running count of the chosen entries gives each its slot.
+
+  Under ``vmap`` over the blocks of a leaf, every pass is one fused loop over
+  all blocks, and XLA keeps each block on the shard that holds it (a
+  ``top_k`` of the blocks would be faster still on CPU, but XLA gathers its
+  operand across shards). It replaces a stable sort of keys and indices
+  (`_sorted_keys_lowest_k`), which cost a re-selection of 4096-entry blocks
+  some five times as long (``benchmarks/RESULTS.md``).
+  """
+  n = scores.shape[0]
+  width = _KEY_BITS[jnp.dtype(scores.dtype)]
+  keys = _order_keys(scores)
+  target = jnp.asarray(k if k_active is None else k_active, jnp.int32)
+
+  def narrow(i, t):
+    bit = _U32(1) << (_U32(width - 1) - i.astype(_U32))
+    count = jnp.sum(keys <= t + (bit - _U32(1)), dtype=jnp.int32)
+    return jnp.where(count >= target, t, t + bit)
+
+  t = lax.fori_loop(0, width, narrow, _U32(0))
+  below = keys < t
+  tied = keys == t
+  need = target - jnp.sum(below, dtype=jnp.int32)
+  take = below | (tied & (jnp.cumsum(tied, dtype=jnp.int32) <= need))
+  slot = jnp.where(take, jnp.cumsum(take, dtype=jnp.int32) - 1, k)
+  index = jnp.arange(n, dtype=jnp.int32)
+  chosen = (
+    jnp.zeros((k,), jnp.int32)
+    .at[slot]
+    .set(index, mode="drop", indices_are_sorted=True, unique_indices=True)
+  )
+  return pad_inactive(chosen, n, k_active)
+
+
 def _sorted_keys_lowest_k(scores, k, k_active):
   """A stable sort of the radix keys: exactly the ``"radix"`` order.
 
-  Both zeros share a key and bfloat16 subnormals keep their order, as in
-  `_radix_lowest_k`, and the stable sort gives ties to the lower index. (A
-  sort, not ``top_k``: under ``vmap`` over sharded blocks XLA partitions a
-  sort along the sharded axis but gathers the operand of a ``top_k``.)
+  The earlier small-row path, kept as a second reference that
+  `_small_row_lowest_k` is tested against.
   """
   n = scores.shape[0]
   index = jnp.arange(n, dtype=jnp.int32)
