@@ -28,7 +28,6 @@ subnormals as zero; ``"radix"`` orders them by value, as NumPy does. NaN
 scores do not crash a backend; where they land is unspecified.
 """
 
-import functools
 from typing import Any
 
 import jax
@@ -191,82 +190,56 @@ def _small_row_lowest_k(scores, k, k_active):
   """``"radix"`` on a row of at most ``_SORT_MAX_N`` entries, sort-free.
 
   The same indices as `_radix_lowest_k` (both zeros share a key, subnormals
-  keep their order, ties go to the lower index), from a program of
-  whole-row passes:
+  keep their order, ties go to the lower index), by bisection instead of its
+  sampled, interpolated search:
 
   1. The threshold key ``t``, the smallest with at least ``k_active`` keys
      ``<= t``, bit by bit from the top: one counting pass per key bit (32,
      or 16 for 16-bit scores), each a compare and a sum over the row.
-  2. Ties at ``t``: a running count of the tied entries
-     (`_running_count`) takes the lowest indices among them, as many as
-     ``k_active`` leaves after the entries keyed below ``t``.
-  3. A running count of the chosen entries gives each its slot.
+  2. Ties at ``t``: the last index to take among them, bit by bit in the
+     same way, counting tied entries below an index.
+  3. The radix backend's extraction: one pass packs the chosen entries into
+     words, which `_compact` turns into ascending indices.
 
-  Under ``vmap`` over the blocks of a leaf, every pass is one fused loop over
-  all blocks, and XLA keeps each block on the shard that holds it (a
-  ``top_k`` of the blocks would be faster still on CPU, but XLA gathers its
-  operand across shards). It replaces a stable sort of keys and indices
-  (`_sorted_keys_lowest_k`), which cost a re-selection of 4096-entry blocks
-  some five times as long (``benchmarks/RESULTS.md``).
+  Every pass reads the raw bits and fuses into one loop, so nothing of the
+  row's size is materialized. Under ``vmap`` over the blocks of a leaf each
+  pass is one loop over all blocks, which XLA keeps on the shard that holds
+  each block (a ``top_k`` of the blocks would be faster still on CPU, but
+  XLA gathers its operand across shards). It replaces a stable sort of keys
+  and indices (`_sorted_keys_lowest_k`), which made a re-selection of the
+  paper's recipe (4096-entry blocks) some five times as long as a steady
+  step (``benchmarks/README.md``).
   """
   n = scores.shape[0]
   width = _KEY_BITS[jnp.dtype(scores.dtype)]
-  keys = _order_keys(scores)
   target = jnp.asarray(k if k_active is None else k_active, jnp.int32)
+  bits = _raw_bits(scores)
 
-  def narrow(i, t):
+  def narrow_key(i, t):
     bit = _U32(1) << (_U32(width - 1) - i.astype(_U32))
-    count = _count(keys <= t + (bit - _U32(1)))
+    count = jnp.sum(_key_le(bits, t + (bit - _U32(1))), dtype=jnp.int32)
     return jnp.where(count >= target, t, t + bit)
 
-  t = lax.fori_loop(0, width, narrow, _U32(0))
-  below = keys < t
-  tied = keys == t
-  need = target - _count(below)
-  take = below | (tied & (_running_count(tied) <= need))
-  slot = jnp.where(take, _running_count(take) - 1, k)
+  t = lax.fori_loop(0, width, narrow_key, _U32(0))
+
+  def below(b):
+    return _key_lt(b, t)
+
+  def tied(b):
+    return _key_le(b, t) & ~below(b)
+
+  need = target - jnp.sum(below(bits), dtype=jnp.int32)
   index = jnp.arange(n, dtype=jnp.int32)
-  chosen = (
-    jnp.zeros((k,), jnp.int32)
-    .at[slot]
-    .set(index, mode="drop", indices_are_sorted=True, unique_indices=True)
-  )
-  return pad_inactive(chosen, n, k_active)
+  index_bits = max(1, (n - 1).bit_length())
 
+  def narrow_index(i, cut):
+    bit = jnp.int32(1) << (index_bits - 1 - i)
+    count = jnp.sum(tied(bits) & (index < cut + bit), dtype=jnp.int32)
+    return jnp.where(count >= need, cut, cut + bit)
 
-_exact_dot = functools.partial(jnp.matmul, precision=lax.Precision.HIGHEST)
-
-
-def _count(flags: jax.Array) -> jax.Array:
-  """The number of true entries of a 1-D bool array, as int32.
-
-  A product with a vector of ones, exact below ``2**24`` entries: XLA:CPU
-  compiles a dot in a fraction of the time of a reduction kernel, and the
-  small-row selection counts once per key bit.
-  """
-  ones = jnp.ones(flags.shape, jnp.float32)
-  return _exact_dot(flags.astype(jnp.float32), ones).astype(jnp.int32)
-
-
-def _running_count(flags: jax.Array) -> jax.Array:
-  """Inclusive prefix count of a 1-D bool array, as int32.
-
-  Two small triangular matrix products over a ``(rows, 64)`` view: exact
-  (counts stay far below ``2**24``), and a few operations for XLA to
-  compile, where ``jnp.cumsum`` on CPU is a scan of some ``2 log2 n``
-  slicing levels, which made a model's many small-row selections compile
-  five times as long.
-  """
-  n = flags.shape[0]
-  width = min(n, 64)
-  rows = -(-n // width)
-  x = jnp.pad(flags.astype(jnp.float32), (0, rows * width - n))
-  x = x.reshape(rows, width)
-  dot = _exact_dot
-  within = dot(x, jnp.triu(jnp.ones((width, width), jnp.float32)))
-  before = dot(jnp.tril(jnp.ones((rows, rows), jnp.float32), -1), within[:, -1])
-  counts = within + before[:, None]
-  return counts.reshape(-1)[:n].astype(jnp.int32)
+  cut = lax.fori_loop(0, index_bits, narrow_index, jnp.int32(0))
+  words = _packed_mask(scores, lambda b, i: below(b) | (tied(b) & (i <= cut)))
+  return pad_inactive(_compact(words, k), n, target)
 
 
 def _sorted_keys_lowest_k(scores, k, k_active):
