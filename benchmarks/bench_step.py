@@ -2,12 +2,16 @@
 
 For each tensor size and density it times the jitted ``update`` of
 ``optax.adamw`` and of ``nanoadam`` (a steady step, a re-selection step, and
-their mix at ``mask_interval=100``), reports persistent state bytes, and reads
-the peak memory of a whole jitted training step (params, grads, state, with
-donation) from XLA's compiled memory analysis. Then it runs the case a user
-feels (``train_step.py``): the whole donated training step of a MiniLM-shaped
-BERT, its compile time, steady and re-selection step times and peak memory.
-Every number is a ratio to AdamW measured in the same run.
+their mix at ``mask_interval=100``), and of ``optax.contrib.galore`` at rank
+32 and 128 (a steady step, a projector refresh, and their mix at its
+``update_proj_gap``), reports persistent state bytes, and reads the peak
+memory of a whole jitted training step (params, grads, state, with donation)
+from XLA's compiled memory analysis. Then it runs the case a user feels
+(``train_step.py``): the whole donated training step of a MiniLM-shaped BERT,
+its compile time, steady and re-selection step times and peak memory, for
+AdamW, NanoAdam (density 0.1 and the paper's recipe) and GaLore, and the
+state and peak of a BERT-base-shaped step. Every number is a ratio to AdamW
+measured in the same run.
 
   python benchmarks/bench_step.py                 # the full table (minutes)
   python benchmarks/bench_step.py --quick         # a smoke run (seconds)
@@ -30,6 +34,13 @@ import train_step
 import nanoadam_jax as na
 
 MASK_INTERVAL = 100
+GALORE_RANKS = (32, 128)
+# GaLore projects matrices: the single tensor is laid out in rows of this
+# many entries (a hidden width), and its projector spans the rows.
+GALORE_COLUMNS = 1024
+# XLA:CPU's SVD of a (65536, 1024) matrix takes minutes; larger tensors get
+# GaLore's steady step only.
+GALORE_REFRESH_MAX_N = 2**24
 
 
 def donated_steps(tx, state, grads, params):
@@ -95,6 +106,55 @@ def time_updates(n: int, density: float, selection: str) -> dict:
     steady_ms=steady * adamw_ms,
     reselect_ms=reselect * adamw_ms,
     state=ours_bytes / adamw_bytes,
+  )
+
+
+def galore(rank: int):
+  """``optax.contrib.galore`` as the single-tensor rows run it: AdamW's
+  (zero) weight decay there, its default refresh interval."""
+  return optax.contrib.galore(
+    1e-3,
+    rank=rank,
+    update_proj_gap=train_step.GALORE_GAP,
+    weight_decay=0.0,
+  )
+
+
+def time_galore(n: int, rank: int) -> dict:
+  """Times GaLore against AdamW on one float32 matrix of n entries."""
+  keys = jax.random.split(jax.random.key(0), 2)
+  shape = (n // GALORE_COLUMNS, GALORE_COLUMNS)
+  params = {"w": jax.random.normal(keys[0], shape, jnp.float32)}
+  grads = {"w": jax.random.normal(keys[1], shape, jnp.float32)}
+  adamw = optax.adamw(1e-3, weight_decay=0.0)
+  tx = galore(rank)
+  update = jax.jit(tx.update)
+  first_state = tx.init(params)  # count 0: this update refreshes
+  run_adamw = donated_steps(adamw, adamw.init(params), grads, params)
+  adamw_ms, steady = train_step.time_against_adamw(
+    run_adamw,
+    donated_steps(tx, update(grads, first_state, params)[1], grads, params),
+    repeats_for(n),
+  )
+  gap = train_step.GALORE_GAP
+  refresh = amortized = None
+  if n <= GALORE_REFRESH_MAX_N:
+    # An SVD per call: one call against a block of AdamW steps.
+    _, refresh = train_step.time_against_adamw(
+      run_adamw, lambda: update(grads, first_state, params), 1, 1, False
+    )
+    amortized = ((gap - 1) * steady + refresh) / gap
+  shapes = train_step.shapes_of(params)
+  ours = na.state_bytes(jax.eval_shape(tx.init, shapes))
+  theirs = na.state_bytes(jax.eval_shape(adamw.init, shapes))
+  return dict(
+    n=n,
+    rank=rank,
+    adamw_ms=adamw_ms,
+    steady=steady,
+    reselect=refresh,
+    amortized=amortized,
+    state=ours / theirs,
   )
 
 
@@ -164,6 +224,9 @@ def memory_table(width: int, depth: int, densities, selection: str) -> list:
     tx = na.nanoadam(1e-3, selection=selection, **options)
     peak = train_step_peak_bytes(tx, shapes, batch)
     rows.append((name, peak, peak / adamw_peak))
+  for rank in GALORE_RANKS:
+    peak = train_step_peak_bytes(galore(rank), shapes, batch)
+    rows.append((f"optax.contrib.galore r{rank}", peak, peak / adamw_peak))
   return params_bytes, rows
 
 
@@ -196,6 +259,23 @@ def format_speed(rows) -> str:
       f"| {row['n']:,} | {row['density']} | {row['adamw_ms']:.2f} "
       f"| {row['steady']:.2f}x | {row['reselect']:.2f}x | "
       f"{row['amortized']:.2f}x | {row['state']:.3f}x |"
+    )
+  return "\n".join(lines)
+
+
+def format_galore(rows) -> str:
+  gap = train_step.GALORE_GAP
+  lines = [
+    "| entries | rank | adamw ms | steady | refresh | amortized "
+    f"(gap={gap}) | state bytes |",
+    "|---:|---:|---:|---:|---:|---:|---:|",
+  ]
+  cell = lambda x: "-" if x is None else f"{x:.2f}x"
+  for row in rows:
+    lines.append(
+      f"| {row['n']:,} | {row['rank']} | {row['adamw_ms']:.2f} "
+      f"| {row['steady']:.2f}x | {cell(row['reselect'])} | "
+      f"{cell(row['amortized'])} | {row['state']:.3f}x |"
     )
   return "\n".join(lines)
 
@@ -269,13 +349,27 @@ def main() -> None:
         f"amortized {row['amortized']:.2f}x state {row['state']:.3f}x",
         flush=True,
       )
+  galore_rows = []
+  for n in sizes:
+    for rank in GALORE_RANKS:
+      row = time_galore(n, rank)
+      galore_rows.append(row)
+      print(
+        f"n={n:>9} galore r{rank:<4} adamw {row['adamw_ms']:8.2f} ms | "
+        f"steady {row['steady']:.2f}x refresh {row['reselect']} "
+        f"state {row['state']:.3f}x",
+        flush=True,
+      )
   params_bytes, memory_rows = memory_table(
     width, depth, densities, args.selection
   )
   speed = format_speed(rows)
+  galore_speed = format_galore(galore_rows)
   memory = format_memory(params_bytes, memory_rows)
   print()
   print(speed)
+  print()
+  print(galore_speed)
   print()
   print(memory)
   print("\nTraining step of a BERT (train_step.py) ...", flush=True)
@@ -284,6 +378,11 @@ def main() -> None:
   bert_table = train_step.format_table(bert_result)
   print(bert_case)
   print(bert_table)
+  print("\nMemory of a BERT-base step (train_step.py) ...", flush=True)
+  base_memory = train_step.format_memory(
+    train_step.memory_case(args.quick, args.selection)
+  )
+  print(base_memory)
 
   args.out.mkdir(parents=True, exist_ok=True)
   plot(rows, args.out / "step_ratios.png")
@@ -301,23 +400,38 @@ def main() -> None:
     f"selects anew; amortized: {MASK_INTERVAL - 1} steady steps and one "
     "re-selection. State bytes: persistent optimizer state.\n\n"
     f"{speed}\n\n![ratios](step_ratios.png)\n\n"
+    "### optax.contrib.galore on the same tensor\n\n"
+    f"The tensor as a ({GALORE_COLUMNS}-column) matrix, "
+    f"`optax.contrib.galore(rank=r, update_proj_gap="
+    f"{train_step.GALORE_GAP}, weight_decay=0.0)` against AdamW on the same "
+    "matrix, as above. Steady: a step that keeps the projector; refresh: "
+    "the step that recomputes it (an SVD of the gradient), timed once "
+    f"against a block of AdamW steps (tensors up to {GALORE_REFRESH_MAX_N:,} "
+    "entries: XLA:CPU's SVD of the largest takes minutes); amortized: "
+    f"{train_step.GALORE_GAP - 1} steady steps and one refresh.\n\n"
+    f"{galore_speed}\n\n"
     "## Peak memory of a donated, jitted training step\n\n"
     "From `jax.jit(step, donate_argnums=(0, 1)).lower(...).compile()"
     ".memory_analysis()`: arguments + outputs - aliased + temporaries.\n\n"
     f"{memory}\n\n"
     "## A whole training step of a MiniLM-shaped BERT\n\n"
     f"{bert_case} Jitted step (forward, backward, update, "
-    "`optax.apply_updates`) with params and state donated; AdamW and "
-    f"NanoAdam (density {train_step.DENSITY}, exclude="
-    f"`{train_step.EXCLUDE!r}`) interleaved. Compile: fresh `jax.jit` "
-    "functions, AdamW and NanoAdam alternating, median over rounds of the "
-    "ratio of totals (trace + lower + compile). Steady: blocks of steps that "
-    "keep the selection; re-selection: the same executable with the step "
-    f"count set to {MASK_INTERVAL} before every call, so every step selects "
-    "anew (and remaps the moments); amortized: "
-    f"{MASK_INTERVAL - 1} steady steps and one re-selection. Peak memory: "
-    "XLA's compiled memory analysis of the donated step.\n\n"
-    f"{bert_table}\n"
+    "`optax.apply_updates`) with params and state donated; each method "
+    "interleaved with AdamW. Compile: fresh `jax.jit` functions, every "
+    "method once per round, median over rounds of the ratio of totals "
+    "(trace + lower + compile) to AdamW's in the same round. Steady: blocks "
+    "of steps that keep the selection (the projector); re-selection: the "
+    "same executable with the step count set to the method's interval "
+    "before every call, so every step selects anew (GaLore: recomputes its "
+    "projectors; one call, against a block of AdamW steps); amortized: one "
+    "such step per interval. Peak memory: XLA's compiled memory analysis "
+    "of the donated step. Each cell: the ratio to AdamW, then the "
+    "absolute figure.\n\n"
+    f"{bert_table}\n\n"
+    "## Memory of a BERT-base-shaped training step\n\n"
+    "Compiled, never run: persistent optimizer state and XLA's peak of "
+    "the donated step, as ratios to AdamW.\n\n"
+    f"{base_memory}\n"
   )
   print(f"\nwrote {args.out / 'RESULTS.md'}")
 

@@ -31,6 +31,9 @@ class BertConfig(NamedTuple):
 
 
 MINILM = BertConfig()
+# bert-base-uncased's shape (its vocabulary rounded up to 30527, as in the
+# benchmark's memory table): 110M parameters.
+BERT_BASE = BertConfig(vocab=30527, hidden=768, layers=12, heads=12, ffn=3072)
 # A few-second smoke test of the same code.
 TINY = BertConfig(
   vocab=1000, hidden=64, layers=2, heads=4, ffn=128, positions=64

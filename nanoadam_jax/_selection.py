@@ -179,20 +179,74 @@ def lowest_k_indices(
   backend = resolve_selection(selection)
   if backend == "radix" and scores.dtype in _KEY_BITS:
     if n <= _SORT_MAX_N:
-      return _sorted_keys_lowest_k(scores, k, k_active)
+      return _small_row_lowest_k(scores, k, k_active)
     return _radix_lowest_k(scores, k, k_active)
   if backend == "approx":
     return _approx_lowest_k(scores, k, k_active)
   return _top_k_lowest_k(scores, k, k_active)
 
 
+def _small_row_lowest_k(scores, k, k_active):
+  """``"radix"`` on a row of at most ``_SORT_MAX_N`` entries, sort-free.
+
+  The same indices as `_radix_lowest_k` (both zeros share a key, subnormals
+  keep their order, ties go to the lower index), by bisection instead of its
+  sampled, interpolated search:
+
+  1. The threshold key ``t``, the smallest with at least ``k_active`` keys
+     ``<= t``, bit by bit from the top: one counting pass per key bit (32,
+     or 16 for 16-bit scores), each a compare and a sum over the row.
+  2. Ties at ``t``: the last index to take among them, bit by bit in the
+     same way, counting tied entries below an index.
+  3. The radix backend's extraction: one pass packs the chosen entries into
+     words, which `_compact` turns into ascending indices.
+
+  Every pass reads the raw bits and fuses into one loop, so nothing of the
+  row's size is materialized. Under ``vmap`` over the blocks of a leaf each
+  pass is one loop over all blocks, which XLA keeps on the shard that holds
+  each block (a ``top_k`` of the blocks would be faster still on CPU, but
+  XLA gathers its operand across shards). It replaces a stable sort of keys
+  and indices (`_sorted_keys_lowest_k`), which made a re-selection of the
+  paper's recipe (4096-entry blocks) some five times as long as a steady
+  step (``benchmarks/README.md``).
+  """
+  n = scores.shape[0]
+  width = _KEY_BITS[jnp.dtype(scores.dtype)]
+  target = jnp.asarray(k if k_active is None else k_active, jnp.int32)
+  bits = _raw_bits(scores)
+
+  def narrow_key(i, t):
+    bit = _U32(1) << (_U32(width - 1) - i.astype(_U32))
+    count = jnp.sum(_key_le(bits, t + (bit - _U32(1))), dtype=jnp.int32)
+    return jnp.where(count >= target, t, t + bit)
+
+  t = lax.fori_loop(0, width, narrow_key, _U32(0))
+
+  def below(b):
+    return _key_lt(b, t)
+
+  def tied(b):
+    return _key_le(b, t) & ~below(b)
+
+  need = target - jnp.sum(below(bits), dtype=jnp.int32)
+  index = jnp.arange(n, dtype=jnp.int32)
+  index_bits = max(1, (n - 1).bit_length())
+
+  def narrow_index(i, cut):
+    bit = jnp.int32(1) << (index_bits - 1 - i)
+    count = jnp.sum(tied(bits) & (index < cut + bit), dtype=jnp.int32)
+    return jnp.where(count >= need, cut, cut + bit)
+
+  cut = lax.fori_loop(0, index_bits, narrow_index, jnp.int32(0))
+  words = _packed_mask(scores, lambda b, i: below(b) | (tied(b) & (i <= cut)))
+  return pad_inactive(_compact(words, k), n, target)
+
+
 def _sorted_keys_lowest_k(scores, k, k_active):
   """A stable sort of the radix keys: exactly the ``"radix"`` order.
 
-  Both zeros share a key and bfloat16 subnormals keep their order, as in
-  `_radix_lowest_k`, and the stable sort gives ties to the lower index. (A
-  sort, not ``top_k``: under ``vmap`` over sharded blocks XLA partitions a
-  sort along the sharded axis but gathers the operand of a ``top_k``.)
+  The earlier small-row path, kept as a second reference that
+  `_small_row_lowest_k` is tested against.
   """
   n = scores.shape[0]
   index = jnp.arange(n, dtype=jnp.int32)

@@ -23,13 +23,22 @@ def test_bench_step_quick_writes_its_table(tmp_path):
   assert "## A whole training step of a MiniLM-shaped BERT" in results
   for measure in ("compile, train step", "re-selection train step"):
     assert f"| {measure} |" in results
+  # GaLore beside NanoAdam: the single tensor, the memory table, the BERT
+  # step (a column) and the BERT-base memory rows.
+  assert "### optax.contrib.galore on the same tensor" in results
+  assert "| 65,536 | 32 |" in results and "| 262,144 | 128 |" in results
+  assert "| optax.contrib.galore r32 |" in results
+  assert "| galore r32 | galore r128 |" in results
+  assert "## Memory of a BERT-base-shaped training step" in results
+  assert "| galore r128 | " in results
   assert (tmp_path / "step_ratios.png").stat().st_size > 10_000
 
 
-def test_train_step_quick_runs_the_papers_recipe():
+def test_train_step_quick_runs_the_papers_recipe_and_galore():
   script = SCRIPT.parent / "train_step.py"
+  methods = "--methods=recipe,galore32"
   completed = subprocess.run(
-    [sys.executable, str(script), "--quick", "--recipe"],
+    [sys.executable, str(script), "--quick", methods, "--memory"],
     capture_output=True,
     text=True,
     timeout=600,
@@ -38,3 +47,8 @@ def test_train_step_quick_runs_the_papers_recipe():
   assert completed.returncode == 0, completed.stderr[-3000:]
   assert "the paper's recipe: int16 blocks" in completed.stdout
   assert "| XLA peak memory, train step |" in completed.stdout
+  assert (
+    "| measure | optax.adamw | nanoadam, the paper's recipe | galore r32 |"
+    in (completed.stdout)
+  )
+  assert "| optimizer | optimizer state | XLA step peak |" in completed.stdout

@@ -338,3 +338,48 @@ def test_radix_under_enable_x64(dtype):
       np.testing.assert_array_equal(got, want)
   finally:
     jax.config.update("jax_enable_x64", previous)
+
+
+def _edge_rows(dtype, n, seed):
+  """NaN-free rows of raw bit patterns: ties, both zeros, subnormals, infs."""
+  rng = np.random.default_rng(seed)
+  uint = np.uint32 if jnp.dtype(dtype).itemsize == 4 else np.uint16
+  width = 8 * np.dtype(uint).itemsize
+  bits = rng.integers(0, 2**width, size=n, dtype=np.uint64).astype(uint)
+  sign = 1 << (width - 1)
+  specials = np.array([0, sign, 1, 2, sign | 1, sign | 3], uint)  # 0s, subn.
+  bits = np.where(rng.random(n) < 0.15, rng.choice(specials, n), bits)
+  bits = np.where(rng.random(n) < 0.4, rng.choice(bits[: n // 7 + 1], n), bits)
+  values = jnp.asarray(bits).view(dtype)
+  nan = np.isnan(np.asarray(values.astype(jnp.float32)))
+  return jnp.where(jnp.asarray(nan), jnp.asarray(np.inf, dtype), values)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 37, 4096])
+def test_small_row_path_equals_radix_passes(dtype, n):
+  # Rows up to _SORT_MAX_N entries take `_small_row_lowest_k`; it must give
+  # the radix passes' indices bit for bit (and the stable key sort's).
+  small = jax.jit(_selection._small_row_lowest_k, static_argnums=1)
+  radix = jax.jit(_selection._radix_lowest_k, static_argnums=1)
+  keys = jax.jit(_selection._sorted_keys_lowest_k, static_argnums=1)
+  for seed in range(2):
+    x = _edge_rows(dtype, n, seed)
+    for k in sorted({1, n // 3 + 1, n}):
+      for k_active in sorted({1, k // 2 + 1, k}):
+        active = jnp.int32(k_active)
+        got = small(x, k, active)
+        np.testing.assert_array_equal(got, radix(x, k, active))
+        np.testing.assert_array_equal(got, keys(x, k, active))
+      np.testing.assert_array_equal(small(x, k, None), radix(x, k, None))
+    assert _selection.lowest_k_indices(x, 0).shape == (0,)
+
+
+def test_small_rows_under_vmap_take_the_small_row_path():
+  x = jnp.abs(_data("ties", 8 * 4096, jnp.float32).reshape(8, 4096))
+  k_active = jnp.arange(1, 9, dtype=jnp.int32) * 50
+  select = functools.partial(_selection.lowest_k_indices, selection="radix")
+  got = jax.jit(jax.vmap(lambda s, a: select(s, 410, a)))(x, k_active)
+  for row in range(8):
+    want = _reference(x[row], 410, k_active[row])
+    np.testing.assert_array_equal(got[row], want)
