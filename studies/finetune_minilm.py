@@ -17,11 +17,13 @@ similarities of the finetuned encoder's embeddings with the pretrained
 encoder's: *similarity kept* is their Pearson correlation (1.0: the
 structure survives intact), *forgetting* is one minus it.
 
-Run ``python studies/finetune_minilm.py`` for the full study (about an hour
-on two CPU cores; ``--steps`` and ``--seeds`` scale it up), ``--demo`` for
+Run ``python studies/finetune_minilm.py`` for the full study (about two
+hours on two CPU cores; ``--steps`` and ``--seeds`` scale it up), ``--demo`` for
 the reduced comparison that ``make demo`` runs (AdamW, NanoAdam and GaLore
 at the rates the full studies chose), or ``--quick`` for a smoke run.
-It writes ``minilm.md``, ``minilm.json`` and PNG plots to ``--out``.
+It writes ``minilm.md``, ``minilm.json`` and PNG plots to ``--out``, and
+keeps each finished run under ``<out>/runs/``: run it again with the same
+``--out`` and it resumes where it stopped.
 """
 
 import argparse
