@@ -348,6 +348,7 @@ def path_name(path) -> str:
 
 
 def flat(state) -> dict[str, jax.Array]:
+  """The arrays of an nnx.State (or a tree of them) by :func:`path_name`."""
   leaves = jax.tree_util.tree_leaves_with_path(state)
   return {path_name(path): leaf for path, leaf in leaves}
 
@@ -527,14 +528,12 @@ def gradient_vs_weight(task: Task, data: Data, cfg: Config, n: int = 64):
     data.train_labels[indices],
   )
   pairs = {}
-  flat_w = nnx.to_flat_state(task.pretrained)
-  flat_g = dict(nnx.to_flat_state(grads["encoder"]))
-  for path, w in flat_w:
-    if w[...].ndim == 2 and "token_type" not in path[0]:
-      name = "/".join(map(str, path[:-1]))
-      pairs[name] = (
-        np.abs(np.asarray(w[...])).ravel(),
-        np.abs(np.asarray(flat_g[path][...])).ravel(),
+  flat_g = flat(grads["encoder"])
+  for path, w in flat(task.pretrained).items():
+    if w.ndim == 2 and "token_type" not in path:
+      pairs[path.rsplit("/", 1)[0]] = (
+        np.abs(np.asarray(w)).ravel(),
+        np.abs(np.asarray(flat_g[path])).ravel(),
       )
   return pairs
 
