@@ -330,7 +330,16 @@ def main() -> None:
   parser.add_argument("--quick", action="store_true", help="a smoke run")
   parser.add_argument("--selection", default="auto")
   parser.add_argument("--out", type=Path, default=Path(__file__).parent)
+  parser.add_argument(
+    "--methods",
+    default=",".join(train_step.METHODS),
+    help="the BERT training step's methods (AdamW always runs)",
+  )
   args = parser.parse_args()
+  methods = tuple(args.methods.split(","))
+  unknown = set(methods) - set(train_step.METHODS)
+  if unknown:
+    parser.error(f"unknown methods {sorted(unknown)}")
 
   if args.quick:
     sizes, densities, width, depth = [2**16, 2**18], [0.1], 256, 2
@@ -373,24 +382,27 @@ def main() -> None:
   print()
   print(memory)
   print("\nTraining step of a BERT (train_step.py) ...", flush=True)
-  bert_result = train_step.run_case(args.quick, args.selection)
+  bert_result = train_step.run_case(args.quick, args.selection, methods)
   bert_case = train_step.describe_case(bert_result)
   bert_table = train_step.format_table(bert_result)
   print(bert_case)
   print(bert_table)
   print("\nMemory of a BERT-base step (train_step.py) ...", flush=True)
   base_memory = train_step.format_memory(
-    train_step.memory_case(args.quick, args.selection)
+    train_step.memory_case(args.quick, args.selection, methods)
   )
   print(base_memory)
 
   args.out.mkdir(parents=True, exist_ok=True)
+  every = len(methods) == len(train_step.METHODS)
+  subset = "" if every else f" --methods {args.methods}"
   plot(rows, args.out / "step_ratios.png")
   (args.out / "RESULTS.md").write_text(
     "# NanoAdam step against optax.adamw\n\n"
     f"Machine: {machine_description()}. Date: {datetime.date.today()}.\n"
     f"Selection backend: `{args.selection}`. Produced by "
-    f"`python benchmarks/bench_step.py{' --quick' if args.quick else ''}`."
+    f"`python benchmarks/bench_step.py{' --quick' if args.quick else ''}"
+    f"{subset}`."
     "\n\n## Update time, as a ratio to optax.adamw in the same run\n\n"
     "Jitted `update` on one float32 tensor, each optimizer's state donated "
     "and threaded through its steps as in a training loop; AdamW and "

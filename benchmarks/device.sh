@@ -26,13 +26,14 @@
 # script goes on to the next; it exits 1 if any step did not succeed.
 #
 # --dry-run (or DRY_RUN=1) runs the same steps on the CPU with tiny sizes, a
-# few tests and bench_step.py --quick, skips the install (pip would change
-# the environment it runs in) and writes into a temporary DIR unless --out
-# says otherwise; tests/test_device_script.py runs it, so the script cannot
-# rot. PYTHON names the interpreter (default: python3); CHECKOUT_REV the
-# revision to name in the report (default: git describe, where there is a
-# .git); BUDGET_S the seconds for all steps (default 440: with the steps'
-# grace periods and the report, under 8 minutes).
+# few tests and bench_step.py --quick (its BERT step with AdamW and NanoAdam
+# only), skips the install (pip would change the environment it runs in)
+# and writes into a temporary DIR unless --out says otherwise;
+# tests/test_device_script.py runs it, so the script cannot rot. PYTHON
+# names the interpreter (default: python3); CHECKOUT_REV the revision to
+# name in the report (default: git describe, where there is a .git);
+# BUDGET_S the seconds for all steps (default 440: with the steps' grace
+# periods and the report, under 8 minutes).
 
 set -uo pipefail
 
@@ -65,7 +66,9 @@ if [[ "$DRY_RUN" == 1 ]]; then
   export JAX_PLATFORMS=cpu
   OUT_DIR=${OUT_DIR:-$(mktemp -d)}
   SELECTION_ARGS=(--quick)
-  BENCH_ARGS=(--quick)
+  # The BERT step with AdamW and NanoAdam only: tests/test_benchmarks.py
+  # runs every method through bench_step.py already.
+  BENCH_ARGS=(--quick --methods nanoadam)
   TEST_ARGS=(-k "test_full_density_equals_adamw or test_exact_backends_match_reference or test_sparse_buffers_split_over_the_params_axes or test_approx_backend_lowers_to_the_tpu_primitive")
   MODE="dry run: CPU, tiny sizes"
 else
