@@ -34,7 +34,9 @@ class DenseLeaf:
   path: str
   shape: tuple[int, ...]
   dtype: Any
-  tree_no: int  # place among all the params' leaves; separates roundings
+  # Place among all the params' leaves, which separates roundings: an int,
+  # or in an update its runtime value (`_rounding.leaf_numbers`).
+  tree_no: Any
   kind: str = "dense"
 
   def init(self) -> _leaf.Buffers:

@@ -12,7 +12,7 @@ Each leaf's large input (its scores, of the tensor's size) is computed in a
 ``lax.switch`` branch inside the body, so only one exists at a time; only the
 small per-leaf buffers are stacked. Unstacking them at constant offsets would
 compile one slicing kernel per leaf (each fusion bakes in its offset), so the
-offsets leave the loop as values XLA cannot fold, and every leaf's slices
+offsets are values XLA cannot fold (``_unfolded``), and every leaf's slices
 share one kernel.
 
 :func:`selection_groups` and :func:`reselect_group` apply this to the sparse
@@ -36,6 +36,7 @@ from jax import lax
 
 from nanoadam_jax import _mesh
 from nanoadam_jax import _sparse_leaf
+from nanoadam_jax import _unfolded
 
 # Leaves with more entries re-select alone. A group stacks its buffers,
 # twice, and for large leaves that transient raises the peak memory of a
@@ -88,17 +89,13 @@ def map_leaves(
   count = len(inputs)
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *carried)
 
-  def body(offsets, leaf):
+  def body(_, leaf):
     j, c = leaf
-    # Zero, since j < count, but XLA does not know it: the offsets leave the
-    # loop as runtime values.
-    zero = (j >= count).astype(jnp.int32)
-    offsets = tuple(offset + zero for offset in offsets)
-    return offsets, fn(lax.switch(j, inputs), c)
+    return None, fn(lax.switch(j, inputs), c)
 
   leaves = jnp.arange(count, dtype=jnp.int32)
-  first = tuple(jnp.int32(j) for j in range(count))
-  offsets, out = lax.scan(body, first, (leaves, stacked))
+  _, out = lax.scan(body, None, (leaves, stacked))
+  offsets = _unfolded.unfolded_ints(range(count))
   return [jax.tree.map(lambda s, j=j: _row(s, j), out) for j in offsets]
 
 

@@ -21,6 +21,7 @@ from nanoadam_jax import _dense_leaf
 from nanoadam_jax import _grouping
 from nanoadam_jax import _leaf
 from nanoadam_jax import _options
+from nanoadam_jax import _rounding
 from nanoadam_jax import _sparse_leaf
 from nanoadam_jax import _state
 from nanoadam_jax import _tree
@@ -65,6 +66,21 @@ def _plan(
         _dense_leaf.DenseLeaf(leaf_config, path, shape, dtype, tree_no)
       )
   return plans, leaves, treedef
+
+
+def _with_runtime_tree_nos(leaves: list[_leaf.Leaf]) -> list[_leaf.Leaf]:
+  """``leaves`` with their ``tree_no`` (which picks their rounding streams)
+  as values computed at run time, so that leaves of one shape share their
+  compiled kernels (see :func:`_rounding.leaf_numbers`). Frozen leaves have
+  none."""
+  trained = [leaf.tree_no for leaf in leaves if leaf.kind != "frozen"]
+  numbers = iter(_rounding.leaf_numbers(trained))
+  return [
+    leaf
+    if leaf.kind == "frozen"
+    else dataclasses.replace(leaf, tree_no=next(numbers))
+    for leaf in leaves
+  ]
 
 
 def _flatten_like(treedef: Any, tree: Any, what: str) -> list[Any]:
@@ -319,6 +335,8 @@ def scale_by_nanoadam(
     leaves, param_leaves, treedef = _plan(
       params, exclude_rule, mask_rule, config.at_step(step)
     )
+    if config.rounding == "stochastic":
+      leaves = _with_runtime_tree_nos(leaves)
     grads = [
       _tree.as_array(grad)
       for grad in _flatten_like(treedef, updates, "gradient")

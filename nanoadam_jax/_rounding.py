@@ -26,6 +26,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from nanoadam_jax import _unfolded
+
 # Odd constants that separate the hash's inputs (digits of pi and the golden
 # ratio, as is customary); any distinct odd values would do.
 _SEED_SALT = 0x243F6A89
@@ -33,14 +35,15 @@ _STREAM_SALT = 0x9E3779B9
 _SECOND_WORD_SALT = 0x85EBCA6B
 
 
-def rounding_key(seed: Any, step: Any, tree_no: int, moment: int):
+def rounding_key(seed: Any, step: Any, tree_no: Any, moment: int):
   """The key of one moment buffer's rounding at one step.
 
   Args:
     seed: an integer (may be traced).
     step: updates applied so far (may be traced).
     tree_no: the leaf's place in the params' leaves; with ``moment`` (0 for
-      ``mu``, 1 for ``nu``) it picks the buffer's own stream.
+      ``mu``, 1 for ``nu``) it picks the buffer's own stream. An int, or an
+      integer scalar computed at run time (see :func:`leaf_numbers`).
     moment: 0 or 1.
 
   Returns:
@@ -48,14 +51,25 @@ def rounding_key(seed: Any, step: Any, tree_no: int, moment: int):
   """
   u32 = lambda x: jnp.asarray(x).astype(jnp.uint32)
   # The words of (seed, step) are the same computation for every buffer, so
-  # XLA computes them once; each buffer's stream enters as a constant. (A
-  # chain of scalar operations per buffer compiled to kernels of its own:
-  # 1.5 s of a MiniLM train step's compile time, measured.) Each
-  # _mix is a bijection of uint32: distinct steps give distinct words.
+  # XLA computes them once. Each _mix is a bijection of uint32: distinct
+  # steps give distinct words.
   h = _mix(_mix(u32(seed) + jnp.uint32(_SEED_SALT)) ^ u32(step))
   second = _mix(h ^ jnp.uint32(_SECOND_WORD_SALT))
-  stream = _mix_int((2 * tree_no + moment) * _STREAM_SALT)
-  return jnp.stack([h ^ jnp.uint32(stream), second])
+  stream = _mix((u32(tree_no) * 2 + moment) * jnp.uint32(_STREAM_SALT))
+  return jnp.stack([h ^ stream, second])
+
+
+def leaf_numbers(tree_nos: list[int]) -> tuple[jax.Array, ...]:
+  """``tree_nos`` as the uint32 scalars :func:`rounding_key` takes, computed
+  at run time.
+
+  The stream number enters every fused loop that rounds a buffer. As a
+  constant it made each leaf's loops distinct kernels, which XLA:CPU
+  compiled once per leaf (a MiniLM train step with 16-bit block state:
+  36 s against 23 s to compile its update, measured); as a runtime value
+  (see ``_unfolded``) the leaves of one shape share them.
+  """
+  return _unfolded.unfolded_ints(tree_nos, jnp.uint32)
 
 
 def row_keys(key: jax.Array, rows: int) -> jax.Array:
@@ -70,7 +84,7 @@ def moment_keys(
   rounding: str,
   seed: Any,
   step: jax.Array,
-  tree_no: int,
+  tree_no: Any,
   dtype: Any,
   stored: tuple[Any, Any],
 ) -> tuple[jax.Array | None, jax.Array | None]:
@@ -131,13 +145,6 @@ def _mix(h: jax.Array) -> jax.Array:
   h *= jnp.uint32(0x846CA68B)
   h ^= h >> 16
   return h
-
-
-def _mix_int(h: int) -> int:
-  """:func:`_mix` on a Python int, for constants known at trace time:
-  computed now, even inside ``jit``, and returned as a Python int."""
-  with jax.ensure_compile_time_eval():
-    return int(_mix(jnp.uint32(h & 0xFFFFFFFF)))
 
 
 def uniform_bits(key: jax.Array, shape: tuple[int, ...], dtype: Any):

@@ -59,7 +59,9 @@ class SparseLeaf:
   shape: tuple[int, ...]  # the param's
   dtype: Any  # the param's: of the update and of nu
   sparse_no: int  # place among the sparse leaves; separates random draws
-  tree_no: int  # place among all the params' leaves; separates roundings
+  # Place among all the params' leaves, which separates roundings: an int,
+  # or in an update its runtime value (`_rounding.leaf_numbers`).
+  tree_no: Any
   kind: str = "sparse"
 
   @classmethod

@@ -115,16 +115,23 @@ def test_rounding_keys_differ_by_seed_step_leaf_and_moment():
   assert len(np.unique(words, axis=0)) == len(words)
 
 
-def test_mix_int_is_mix():
-  values = np.array([0, 1, 2**31, 2**32 - 1, 123456789], np.uint32)
-  got = np.asarray(_rounding._mix(jnp.asarray(values)))
-  want = [_rounding._mix_int(int(v)) for v in values]
-  np.testing.assert_array_equal(got, np.array(want, np.uint32))
-  # Inside jit too it is a constant, not a traced value.
-  constants = []
-  jax.jit(lambda x: constants.append(_rounding._mix_int(12345)) or x)(0)
-  assert constants == [_rounding._mix_int(12345)]
-  assert type(constants[0]) is int
+def test_runtime_leaf_numbers_give_the_keys_of_their_ints():
+  """`update` hands each leaf its number at run time (so that leaves of one
+  shape share kernels); the keys, and so every rounding, stay those of the
+  leaf's place."""
+  tree_nos = [0, 1, 7, 2**20 + 5]
+
+  @jax.jit
+  def keys(seed, step):
+    numbers = _rounding.leaf_numbers(tree_nos)
+    return [
+      _rounding.rounding_key(seed, step, n, m) for n in numbers for m in (0, 1)
+    ]
+
+  want = [_rounding.rounding_key(3, 11, n, m) for n in tree_nos for m in (0, 1)]
+  for got, expected in zip(keys(3, 11), want, strict=True):
+    np.testing.assert_array_equal(got, expected)
+  assert len({tuple(np.asarray(k)) for k in want}) == len(want)
 
 
 def test_row_keys_give_uncorrelated_rows():

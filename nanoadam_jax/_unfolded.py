@@ -1,0 +1,40 @@
+"""Small integers that XLA cannot fold into the kernels that use them.
+
+XLA:CPU compiles one kernel per distinct fusion and shares it between
+identical ones. A per-leaf constant that enters a leaf's fusion (an offset
+into a stacked buffer, a rounding stream number) makes each leaf's fusion
+distinct, so a model compiles the same kernel once per leaf. Handed in as a
+runtime value instead, it makes the fusions of leaves of one shape identical,
+compiled once.
+"""
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+# Iterations of the loop below: two, because XLA inlines a loop that runs
+# once and then folds its values.
+_TRIPS = 2
+
+
+def unfolded_ints(
+  values: Sequence[int], dtype=jnp.int32
+) -> tuple[jax.Array, ...]:
+  """``values`` as scalars of ``dtype`` that XLA computes at run time.
+
+  They leave a short loop that adds a zero XLA cannot prove to be zero (the
+  loop counter compared past its end), so each is a separate buffer that
+  fusions read as a parameter, not a constant they bake in.
+  """
+  if not values:
+    return ()
+
+  def body(carry, trip):
+    zero = (trip >= _TRIPS).astype(dtype)
+    return tuple(value + zero for value in carry), None
+
+  start = tuple(jnp.asarray(value, dtype) for value in values)
+  out, _ = lax.scan(body, start, jnp.arange(_TRIPS, dtype=jnp.int32))
+  return out
