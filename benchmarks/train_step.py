@@ -228,7 +228,10 @@ def run(
   selection: str = "auto",
   methods=tuple(METHODS),
 ) -> dict:
-  """Measures the BERT training step; returns the figures for a table."""
+  """Measures the BERT training step; returns the figures for a table.
+
+  ``time_rounds=0`` measures compile times, peaks and state only.
+  """
   txs = optimizers(selection, methods)
   names = list(txs)
   params = bert.init_params(config, jax.random.key(0))
@@ -272,7 +275,7 @@ def run(
   adamw_call = stepper(
     step["exe"]["adamw"], fresh(), txs["adamw"].init(params), batch
   )
-  for name in names[1:]:
+  for name in names[1:] if time_rounds else ():
     interval = METHODS[name][1]
     assert steady_calls < interval, "the steady run would refresh"
     steady_call = stepper(
@@ -391,9 +394,15 @@ def format_table(result: dict) -> str:
 
     return cell
 
-  rows = [
+  compiled = [
     ("compile, train step", lambda n: seconds(step, n)),
     ("compile, update alone", lambda n: seconds(update, n)),
+  ]
+  memory = [
+    ("XLA peak memory, train step", ratio(peaks)),
+    ("optimizer state", ratio(state, "{:.3f}x")),
+  ]
+  rows = [
     ("steady train step", timed("steady")),
     ("re-selection train step", timed("reselect")),
     (
@@ -412,9 +421,8 @@ def format_table(result: dict) -> str:
         else (f"{times[n]['amortized']:.2f}x (m={times[n]['interval']})")
       ),
     ),
-    ("XLA peak memory, train step", ratio(peaks)),
-    ("optimizer state", ratio(state, "{:.3f}x")),
   ]
+  rows = compiled + (rows if times else []) + memory
   lines = [
     "| measure | " + " | ".join(label(n) for n in names) + " |",
     "|---|" + "---:|" * len(names),
@@ -493,11 +501,19 @@ def describe_case(result: dict) -> str:
   )
 
 
-def run_case(quick: bool, selection: str = "auto", methods=tuple(METHODS)):
-  """The full MiniLM case, or a tiny BERT for a smoke run."""
+def run_case(
+  quick: bool,
+  selection: str = "auto",
+  methods=tuple(METHODS),
+  timed: bool = True,
+):
+  """The full MiniLM case, or a tiny BERT for a smoke run; ``timed=False``
+  skips the step times."""
   if quick:
-    return run(bert.TINY, 4, 16, 1, 2, 2, selection, methods)
-  return run(selection=selection, methods=methods)
+    return run(bert.TINY, 4, 16, 1, 2 if timed else 0, 2, selection, methods)
+  return run(
+    time_rounds=5 if timed else 0, selection=selection, methods=methods
+  )
 
 
 def memory_case(quick: bool, selection: str = "auto", methods=tuple(METHODS)):
@@ -524,12 +540,17 @@ def main() -> None:
   parser.add_argument(
     "--memory", action="store_true", help="also the BERT-base memory table"
   )
+  parser.add_argument(
+    "--compile-only",
+    action="store_true",
+    help="compile times, peaks and state, without timing steps",
+  )
   args = parser.parse_args()
   methods = ("recipe",) if args.recipe else tuple(args.methods.split(","))
   unknown = set(methods) - set(METHODS)
   if unknown:
     parser.error(f"unknown methods {sorted(unknown)}; known: {list(METHODS)}")
-  result = run_case(args.quick, args.selection, methods)
+  result = run_case(args.quick, args.selection, methods, not args.compile_only)
   print(describe_case(result))
   print(format_table(result))
   if args.memory:

@@ -36,11 +36,19 @@ def test_bench_step_quick_writes_its_table(tmp_path):
 
 def test_train_step_command_line_picks_methods_and_adds_memory():
   """train_step.py alone: --methods picks the columns beside AdamW (GaLore
-  only here: bench_step.py above runs every method through the same code)
-  and --memory adds the BERT-base memory table."""
+  only here: bench_step.py above runs every method through the same code),
+  --memory adds the BERT-base memory table and --compile-only leaves out the
+  step times."""
   script = SCRIPT.parent / "train_step.py"
   completed = subprocess.run(
-    [sys.executable, str(script), "--quick", "--methods=galore32", "--memory"],
+    [
+      sys.executable,
+      str(script),
+      "--quick",
+      "--methods=galore32",
+      "--memory",
+      "--compile-only",
+    ],
     capture_output=True,
     text=True,
     timeout=600,
@@ -51,4 +59,28 @@ def test_train_step_command_line_picks_methods_and_adds_memory():
   assert "| measure | optax.adamw | galore r32 |" in completed.stdout
   assert "| optimizer | optimizer state | XLA step peak |" in completed.stdout
   assert "| galore r32 | " in completed.stdout
+  assert "| compile, train step |" in completed.stdout
+  assert "steady train step" not in completed.stdout
   assert "nanoadam" not in completed.stdout.split("| measure |")[1]
+
+
+def test_compare_compile_tables_two_checkouts():
+  """compare_compile.py on this checkout against itself, a tiny BERT: a row
+  per method with each round's ratio to AdamW and both peaks."""
+  script = SCRIPT.parent / "compare_compile.py"
+  root = str(SCRIPT.parent.parent)
+  completed = subprocess.run(
+    [sys.executable, str(script), root, root, "--quick", "--rounds", "1"]
+    + ["--methods", "galore32"],
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  assert completed.returncode == 0, completed.stderr[-3000:]
+  table = completed.stdout.split("| method |", 1)[1]
+  assert table.startswith(" before | after | peak before | peak after |")
+  row = next(line for line in table.splitlines() if "| galore32 |" in line)
+  cells = [cell.strip() for cell in row.strip("|").split("|")]
+  assert cells[1].endswith(" s)") and cells[1].split("x")[0][0].isdigit()
+  assert cells[3] == cells[4] and cells[3].endswith(" MiB"), cells
