@@ -65,9 +65,10 @@ def leaf_numbers(tree_nos: list[int]) -> tuple[jax.Array, ...]:
 
   The stream number enters every fused loop that rounds a buffer. As a
   constant it made each leaf's loops distinct kernels, which XLA:CPU
-  compiled once per leaf (a MiniLM train step with 16-bit block state:
-  36 s against 23 s to compile its update, measured); as a runtime value
-  (see ``_unfolded``) the leaves of one shape share them.
+  compiled once per leaf (the update of a MiniLM with 16-bit block state,
+  its selection left out: 36-50 s against 23 s to compile on a busy
+  machine, measured); as a runtime value (see ``_unfolded``) the leaves of
+  one shape share them.
   """
   return _unfolded.unfolded_ints(tree_nos, jnp.uint32)
 
