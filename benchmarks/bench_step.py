@@ -336,10 +336,7 @@ def main() -> None:
     help="the BERT training step's methods (AdamW always runs)",
   )
   args = parser.parse_args()
-  methods = tuple(args.methods.split(","))
-  unknown = set(methods) - set(train_step.METHODS)
-  if unknown:
-    parser.error(f"unknown methods {sorted(unknown)}")
+  methods = train_step.parse_methods(parser, args.methods)
 
   if args.quick:
     sizes, densities, width, depth = [2**16, 2**18], [0.1], 256, 2

@@ -523,6 +523,15 @@ def memory_case(quick: bool, selection: str = "auto", methods=tuple(METHODS)):
   return memory_rows(selection=selection, methods=methods)
 
 
+def parse_methods(parser: argparse.ArgumentParser, text: str) -> tuple:
+  """``--methods``' comma-separated names, each a key of ``METHODS``."""
+  methods = tuple(text.split(","))
+  unknown = set(methods) - set(METHODS)
+  if unknown:
+    parser.error(f"unknown methods {sorted(unknown)}; known: {list(METHODS)}")
+  return methods
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--quick", action="store_true", help="a smoke run")
@@ -546,10 +555,7 @@ def main() -> None:
     help="compile times, peaks and state, without timing steps",
   )
   args = parser.parse_args()
-  methods = ("recipe",) if args.recipe else tuple(args.methods.split(","))
-  unknown = set(methods) - set(METHODS)
-  if unknown:
-    parser.error(f"unknown methods {sorted(unknown)}; known: {list(METHODS)}")
+  methods = parse_methods(parser, "recipe" if args.recipe else args.methods)
   result = run_case(args.quick, args.selection, methods, not args.compile_only)
   print(describe_case(result))
   print(format_table(result))
