@@ -1,15 +1,34 @@
 """The benchmark script runs end to end (its numbers are not checked here)."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import optax
+
+import nanoadam_jax as na
+from tests.conftest import optax_reference
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_step.py"
 
 
 def test_bench_step_quick_writes_its_table(tmp_path):
+  """Every table, with GaLore r128 the BERT step's one method beside AdamW:
+  benchmarks/device.sh's dry run (tests/test_device_script.py) runs the same
+  script with NanoAdam, and every method's transformation is stepped in
+  test_every_train_step_method_steps_a_small_tree below."""
   completed = subprocess.run(
-    [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path)],
+    [
+      sys.executable,
+      str(SCRIPT),
+      "--quick",
+      "--methods=galore128",
+      "--out",
+      str(tmp_path),
+    ],
     capture_output=True,
     text=True,
     timeout=600,
@@ -23,15 +42,60 @@ def test_bench_step_quick_writes_its_table(tmp_path):
   assert "## A whole training step of a MiniLM-shaped BERT" in results
   for measure in ("compile, train step", "re-selection train step"):
     assert f"| {measure} |" in results
-  # GaLore beside NanoAdam: the single tensor, the memory table, the BERT
-  # step (a column) and the BERT-base memory rows.
+  # GaLore beside NanoAdam: the single tensor and the memory table (all
+  # ranks whatever --methods says), the BERT step (a column) and the
+  # BERT-base memory rows (--methods' only).
   assert "### optax.contrib.galore on the same tensor" in results
   assert "| 65,536 | 32 |" in results and "| 262,144 | 128 |" in results
   assert "| optax.contrib.galore r32 |" in results
-  assert "| galore r32 | galore r128 |" in results
+  assert "| measure | optax.adamw | galore r128 |" in results
   assert "## Memory of a BERT-base-shaped training step" in results
-  assert "| galore r128 | " in results
+  assert "| galore r128 | " in results and "| galore r32 | " not in results
+  assert "--quick --methods galore128`" in results  # the command, as run
   assert (tmp_path / "step_ratios.png").stat().st_size > 10_000
+
+
+def load_train_step(monkeypatch):
+  monkeypatch.syspath_prepend(str(SCRIPT.parent))  # it imports bert
+  spec = importlib.util.spec_from_file_location(
+    "train_step", SCRIPT.parent / "train_step.py"
+  )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+def test_every_train_step_method_steps_a_small_tree(monkeypatch):
+  """Each of train_step.METHODS builds and takes two jitted steps (the first
+  selects or refreshes, the second keeps) on a small tree with a head and a
+  norm, moving the trainable weights and leaving finite values. (Under
+  standard dtype promotion: AdamW, GaLore and the recipe's schedule are
+  Optax's own.)"""
+  train_step = load_train_step(monkeypatch)
+  params = {
+    "layer": {"kernel": jnp.ones((64, 64)) * 0.1, "norm": jnp.ones((64,))},
+    "head": jnp.full((64, 2), 0.1),
+  }
+  grads = jax.tree.map(lambda p: jnp.full(p.shape, 0.5, p.dtype), params)
+  for name in train_step.METHODS:
+    tx = train_step.optimizer(name)
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    moved = params
+    with optax_reference():
+      for _ in range(2):
+        updates, state = update(grads, state, moved)
+        moved = optax.apply_updates(moved, updates)
+    for path, value in jax.tree_util.tree_leaves_with_path(moved):
+      assert bool(jnp.isfinite(value).all()), (name, path)
+    kernel_moved = moved["layer"]["kernel"] != params["layer"]["kernel"]
+    assert bool(kernel_moved.any()), name
+    if name in ("nanoadam", "recipe"):  # only its selected entries
+      block = train_step.RECIPE["block_size"] if name == "recipe" else None
+      selected = na.selection_mask(state, params, block_size=block)
+      kernel_selected = selected["layer"]["kernel"]
+      assert not bool((kernel_moved & ~kernel_selected).any()), name
+      assert float(kernel_selected.mean()) < 0.11, name  # density 0.1
 
 
 def test_train_step_command_line_picks_methods_and_adds_memory():
