@@ -821,21 +821,32 @@ def write_report(out, cfg, sweep, chosen, final, costs, pairs, secs, argv):
     "fresh head on 64 training sentences. Above 1: large gradients sit on "
     "small weights, the paper's premise.",
     "",
+  ]
+  lines += gradient_table(pairs)
+  lines.append("")
+  (out / f"{cfg.model}.md").write_text("\n".join(lines))
+
+
+def gradient_table(pairs: dict) -> list[str]:
+  """``small_over_large`` of each layer's matrices, a markdown row per layer
+  in the encoder's order (layer 2 before layer 10), then a line for each
+  other matrix (the embeddings)."""
+  lines = [
     "| layer | " + " | ".join(MATRICES) + " |",
     "|---" * (len(MATRICES) + 1) + "|",
   ]
-  layers = sorted({n.split("/")[1] for n in pairs if n.startswith("layers/")})
-  for layer in layers:
+  layers = {n.split("/")[1] for n in pairs if n.startswith("layers/")}
+  for layer in sorted(layers, key=int):
     cells = [
       f"{small_over_large(*pairs[f'layers/{layer}/{m}']):.2f}" for m in MATRICES
     ]
     lines.append(f"| {layer} | " + " | ".join(cells) + " |")
   embeddings = [n for n in pairs if not n.startswith("layers/")]
-  lines += [""] + [
-    f"{n}: {small_over_large(*pairs[n]):.2f}." for n in embeddings
-  ]
-  lines.append("")
-  (out / f"{cfg.model}.md").write_text("\n".join(lines))
+  return (
+    lines
+    + [""]
+    + [f"{n}: {small_over_large(*pairs[n]):.2f}." for n in embeddings]
+  )
 
 
 def plot(out, model, sweep, final, pairs):

@@ -4,6 +4,7 @@ import dataclasses
 import importlib.util
 import math
 
+import numpy as np
 import pytest
 
 from tests.scripts import ROOT
@@ -138,6 +139,26 @@ def test_finetune_minilm_refuses_a_mask_interval_within_the_timed_steps():
   with pytest.raises(ValueError, match="mask_interval must exceed the 3"):
     dataclasses.replace(study.QUICK, mask_interval=study.TIMED_STEPS)
   assert dataclasses.replace(study.QUICK, mask_interval=4).mask_interval == 4
+
+
+def test_gradient_table_lists_layers_in_order():
+  """Twelve layers: layer 2 comes before layer 10 (not as strings sort), and
+  each cell is the ratio of mean |g| on the smallest to the largest |w|."""
+  study = load_study("finetune_minilm.py")
+  w = np.arange(1.0, 21.0)  # 10%: the two smallest, the two largest
+  pairs = {
+    f"layers/{layer}/{m}": (w, np.where(w <= 2, 2.0 + layer, 1.0))
+    for layer in range(12)
+    for m in study.MATRICES
+  }
+  pairs["word_embeddings"] = (w, np.ones(20))
+  lines = study.gradient_table(pairs)
+  rows = [
+    line for line in lines if line.startswith("| ") and "layer" not in line
+  ]
+  assert [row.split(" | ")[0] for row in rows] == [f"| {i}" for i in range(12)]
+  assert rows[10].split(" | ")[1] == "12.00"  # (2 + 10) / 1
+  assert lines[-1] == "word_embeddings: 1.00."
 
 
 def test_finetune_mpnet_settings_name_known_methods_and_grids(monkeypatch):
