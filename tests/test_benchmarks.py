@@ -100,7 +100,7 @@ def test_every_train_step_method_steps_a_small_tree(monkeypatch):
 
 def test_train_step_command_line_picks_methods_and_adds_memory():
   """train_step.py alone: --methods picks the columns beside AdamW (GaLore
-  only here: bench_step.py above runs every method through the same code),
+  r32 only here; bench_step.py above runs r128 through the same code),
   --memory adds the BERT-base memory table and --compile-only leaves out the
   step times."""
   script = SCRIPT.parent / "train_step.py"
