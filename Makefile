@@ -38,11 +38,12 @@ lint: $(STAMP)
 
 # Two workers (pytest-xdist), each test file whole on one so that its
 # module fixtures are built once (three test files: 1.29x faster on 2 cores).
-# TEST_WORKERS=0 runs the suite in this process.
+# TEST_WORKERS=0 runs the suite in this process. The slowest tests are
+# listed at the end, to see where the suite's time goes.
 TEST_WORKERS ?= 2
 
 test: lint
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # A separate venv with exactly the floor versions of the dependencies,
 # rebuilt whenever the pins or the project's metadata change.

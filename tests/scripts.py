@@ -1,6 +1,7 @@
 """Runs a script of the repository in a fresh interpreter and reads the
 markdown tables it writes (used by the example and study tests)."""
 
+import importlib.util
 import pathlib
 import subprocess
 import sys
@@ -38,3 +39,11 @@ def read_table(markdown: str) -> dict[str, dict[str, str]]:
 def mean_std(cell: str) -> tuple[float, float]:
   mean, std = (float(part) for part in cell.split("±"))
   return mean, std
+
+
+def load_study(name: str):
+  """The module ``studies/<name>``, imported from its file."""
+  spec = importlib.util.spec_from_file_location(name, ROOT / "studies" / name)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module

@@ -1,58 +1,15 @@
-"""Runs each study's quick mode end to end and checks what it writes."""
+"""studies/finetune_minilm.py: its quick mode end to end, its resumable runs,
+its settings' checks and its report's tables."""
 
 import dataclasses
-import importlib.util
-import math
 
 import numpy as np
 import pytest
 
-from tests.scripts import ROOT
+from tests.scripts import load_study
 from tests.scripts import mean_std
 from tests.scripts import read_table
 from tests.scripts import run_script
-
-
-def test_compare_finetuning(tmp_path):
-  run_script("studies/compare_finetuning.py", "--quick", "--out", str(tmp_path))
-  for png in ("accuracy_vs_lr.png", "forgetting.png", "weight_vs_grad.png"):
-    assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-  table = read_table((tmp_path / "comparison.md").read_text())
-  assert set(table) >= {
-    "AdamW",
-    "NanoAdam d=0.01",
-    "NanoAdam d=0.1",
-    "largest d=0.1 (ablation)",
-    "random d=0.1 (ablation)",
-  }, table
-  for method, row in table.items():
-    assert float(row["lr"]) > 0, method
-    for column in ("target test acc", "source test acc", "weights changed"):
-      mean, std = mean_std(row[column])
-      assert 0 <= mean <= 1 and 0 <= std <= 1, (method, column, row[column])
-    assert -1 <= mean_std(row["forgetting"])[0] <= 1, (method, row)
-    assert int(row["opt state bytes"].split()[0]) > 0, (method, row)
-    assert float(row["step ms"]) > 0, (method, row)
-  # Only AdamW touches (nearly) every weight.
-  adamw_changed = mean_std(table["AdamW"]["weights changed"])[0]
-  sparse_changed = mean_std(table["NanoAdam d=0.01"]["weights changed"])[0]
-  assert sparse_changed < adamw_changed, table
-
-
-def test_lm_finetune(tmp_path):
-  run_script("studies/lm_finetune.py", "--quick", "--out", str(tmp_path))
-  table = read_table((tmp_path / "lm_finetune.md").read_text())
-  assert set(table) == {"pretrained", "AdamW", "NanoAdam d=0.1"}, table
-  for method, row in table.items():
-    for column in ("target test", "source test"):
-      loss = float(row[column])
-      assert math.isfinite(loss) and 0 < loss < 9, (method, column, loss)
-  for method in ("AdamW", "NanoAdam d=0.1"):
-    row = table[method]
-    assert 0 <= float(row["params changed"]) <= 1, row
-    assert int(row["opt state bytes"].split()[0]) > 0, row
-  nano = int(table["NanoAdam d=0.1"]["opt state bytes"].split()[0])
-  assert nano < int(table["AdamW"]["opt state bytes"].split()[0]), table
 
 
 def test_finetune_minilm(tmp_path):
@@ -95,13 +52,6 @@ def test_finetune_minilm(tmp_path):
   assert state["NanoAdam (paper's GLUE recipe)"] < 0.2 * state["AdamW"], state
   assert state["GaLore r=32"] < 0.2 * state["AdamW"], state
   assert state["LoRA r=8"] < 0.05 * state["AdamW"], state
-
-
-def load_study(name: str):
-  spec = importlib.util.spec_from_file_location(name, ROOT / "studies" / name)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
 
 
 def test_finetune_minilm_keeps_finished_runs(tmp_path):
@@ -159,20 +109,3 @@ def test_gradient_table_lists_layers_in_order():
   assert [row.split(" | ")[0] for row in rows] == [f"| {i}" for i in range(12)]
   assert rows[10].split(" | ")[1] == "12.00"  # (2 + 10) / 1
   assert lines[-1] == "word_embeddings: 1.00."
-
-
-def test_finetune_mpnet_settings_name_known_methods_and_grids(monkeypatch):
-  """The MPNet study runs the MiniLM study's code at another size: its
-  settings name methods that exist and give each a two-rate grid. (Even its
-  quick mode compiles a 109M-parameter step per method: too slow here.)"""
-  monkeypatch.syspath_prepend(str(ROOT / "studies"))
-  study = load_study("finetune_mpnet.py").MPNET_STUDY
-  known = {
-    method.name: method for method in load_study("finetune_minilm.py").METHODS
-  }
-  for cfg in (study.full, study.quick, study.demo):
-    assert cfg.model == "mpnet", cfg
-    assert set(cfg.methods) <= set(known), cfg.methods
-  for name in study.full.methods:
-    assert len(getattr(study.full, known[name].grid)) == 2, name
-  assert set(study.demo_lrs) == set(study.demo.methods)
