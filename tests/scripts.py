@@ -47,3 +47,19 @@ def load_study(name: str):
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def assert_pngs(folder: pathlib.Path, names) -> None:
+  """Each of ``names`` in ``folder`` is a PNG file."""
+  for name in names:
+    assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
+
+def assert_rates_and_fractions(table: dict, columns) -> None:
+  """Every row of a study's table has a positive ``lr`` and, in ``columns``,
+  mean ± std cells of fractions in [0, 1]."""
+  for method, row in table.items():
+    assert float(row["lr"]) > 0, method
+    for column in columns:
+      mean, std = mean_std(row[column])
+      assert 0 <= mean <= 1 and 0 <= std <= 1, (method, column, row[column])
