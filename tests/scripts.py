@@ -41,12 +41,19 @@ def mean_std(cell: str) -> tuple[float, float]:
   return mean, std
 
 
-def load_study(name: str):
-  """The module ``studies/<name>``, imported from its file."""
-  spec = importlib.util.spec_from_file_location(name, ROOT / "studies" / name)
+def load_script(path: str):
+  """The module ``<repository>/<path>``, imported from its file (scripts are
+  not a package); its own imports must be findable on ``sys.path``."""
+  file = ROOT / path
+  spec = importlib.util.spec_from_file_location(file.stem, file)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
+
+
+def load_study(name: str):
+  """The module ``studies/<name>``."""
+  return load_script(f"studies/{name}")
 
 
 def assert_pngs(folder: pathlib.Path, names) -> None:

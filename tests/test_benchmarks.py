@@ -1,6 +1,5 @@
 """The benchmark script runs end to end (its numbers are not checked here)."""
 
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +10,7 @@ import optax
 
 import nanoadam_jax as na
 from tests.conftest import optax_reference
+from tests.scripts import load_script
 
 SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_step.py"
 
@@ -55,23 +55,14 @@ def test_bench_step_quick_writes_its_table(tmp_path):
   assert (tmp_path / "step_ratios.png").stat().st_size > 10_000
 
 
-def load_train_step(monkeypatch):
-  monkeypatch.syspath_prepend(str(SCRIPT.parent))  # it imports bert
-  spec = importlib.util.spec_from_file_location(
-    "train_step", SCRIPT.parent / "train_step.py"
-  )
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
-
-
 def test_every_train_step_method_steps_a_small_tree(monkeypatch):
   """Each of train_step.METHODS builds and takes two jitted steps (the first
   selects or refreshes, the second keeps) on a small tree with a head and a
   norm, moving the trainable weights and leaving finite values. (Under
   standard dtype promotion: AdamW, GaLore and the recipe's schedule are
   Optax's own.)"""
-  train_step = load_train_step(monkeypatch)
+  monkeypatch.syspath_prepend(str(SCRIPT.parent))  # it imports bert
+  train_step = load_script("benchmarks/train_step.py")
   params = {
     "layer": {"kernel": jnp.ones((64, 64)) * 0.1, "norm": jnp.ones((64,))},
     "head": jnp.full((64, 2), 0.1),
