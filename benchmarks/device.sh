@@ -26,10 +26,11 @@
 # script goes on to the next; it exits 1 if any step did not succeed.
 #
 # --dry-run (or DRY_RUN=1) runs the same steps on the CPU with tiny sizes, a
-# few tests and bench_step.py --quick (its BERT step with AdamW and NanoAdam
-# only), skips the install (pip would change the environment it runs in)
-# and writes into a temporary DIR unless --out says otherwise;
-# tests/test_device_script.py runs it, so the script cannot rot. PYTHON
+# few tests and bench_step.py --quick (its BERT step with AdamW, NanoAdam
+# and GaLore r128 only), skips the install (pip would change the
+# environment it runs in) and writes into a temporary DIR unless --out says
+# otherwise; tests/test_device_script.py runs it, so the script cannot rot,
+# and checks bench_step.py's tables in its report. PYTHON
 # names the interpreter (default: python3); CHECKOUT_REV the revision to
 # name in the report (default: git describe, where there is a .git);
 # BUDGET_S the seconds for all steps (default 440: with the steps' grace
@@ -66,9 +67,12 @@ if [[ "$DRY_RUN" == 1 ]]; then
   export JAX_PLATFORMS=cpu
   OUT_DIR=${OUT_DIR:-$(mktemp -d)}
   SELECTION_ARGS=(--quick)
-  # The BERT step with AdamW and NanoAdam only: tests/test_benchmarks.py
-  # runs every method through bench_step.py already.
-  BENCH_ARGS=(--quick --methods nanoadam)
+  # The BERT step with AdamW, NanoAdam and GaLore r128 only (a sparse and a
+  # projected method; the others run the same code, and
+  # tests/test_benchmarks.py steps each one's transformation). This is the
+  # test suite's one run of bench_step.py: tests/test_device_script.py
+  # checks its tables.
+  BENCH_ARGS=(--quick --methods nanoadam,galore128)
   TEST_ARGS=(-k "test_full_density_equals_adamw or test_exact_backends_match_reference or test_sparse_buffers_split_over_the_params_axes or test_approx_backend_lowers_to_the_tpu_primitive")
   MODE="dry run: CPU, tiny sizes"
 else

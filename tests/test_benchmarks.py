@@ -1,4 +1,8 @@
-"""The benchmark script runs end to end (its numbers are not checked here)."""
+"""The benchmark scripts run (their numbers are not checked here).
+
+bench_step.py runs once in the suite, inside benchmarks/device.sh's dry run:
+tests/test_device_script.py checks its tables.
+"""
 
 import subprocess
 import sys
@@ -12,47 +16,7 @@ import nanoadam_jax as na
 from tests.conftest import optax_reference
 from tests.scripts import load_script
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_step.py"
-
-
-def test_bench_step_quick_writes_its_table(tmp_path):
-  """Every table, with GaLore r128 the BERT step's one method beside AdamW:
-  benchmarks/device.sh's dry run (tests/test_device_script.py) runs the same
-  script with NanoAdam, and every method's transformation is stepped in
-  test_every_train_step_method_steps_a_small_tree below."""
-  completed = subprocess.run(
-    [
-      sys.executable,
-      str(SCRIPT),
-      "--quick",
-      "--methods=galore128",
-      "--out",
-      str(tmp_path),
-    ],
-    capture_output=True,
-    text=True,
-    timeout=600,
-    check=False,
-  )
-  assert completed.returncode == 0, completed.stderr[-3000:]
-  results = (tmp_path / "RESULTS.md").read_text()
-  assert "| 65,536 | 0.1 |" in results
-  assert "| nanoadam d=0.1 |" in results
-  # The whole BERT training step: compile, step times and peak memory.
-  assert "## A whole training step of a MiniLM-shaped BERT" in results
-  for measure in ("compile, train step", "re-selection train step"):
-    assert f"| {measure} |" in results
-  # GaLore beside NanoAdam: the single tensor and the memory table (all
-  # ranks whatever --methods says), the BERT step (a column) and the
-  # BERT-base memory rows (--methods' only).
-  assert "### optax.contrib.galore on the same tensor" in results
-  assert "| 65,536 | 32 |" in results and "| 262,144 | 128 |" in results
-  assert "| optax.contrib.galore r32 |" in results
-  assert "| measure | optax.adamw | galore r128 |" in results
-  assert "## Memory of a BERT-base-shaped training step" in results
-  assert "| galore r128 | " in results and "| galore r32 | " not in results
-  assert "--quick --methods galore128`" in results  # the command, as run
-  assert (tmp_path / "step_ratios.png").stat().st_size > 10_000
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 def test_every_train_step_method_steps_a_small_tree(monkeypatch):
@@ -61,7 +25,7 @@ def test_every_train_step_method_steps_a_small_tree(monkeypatch):
   norm, moving the trainable weights and leaving finite values. (Under
   standard dtype promotion: AdamW, GaLore and the recipe's schedule are
   Optax's own.)"""
-  monkeypatch.syspath_prepend(str(SCRIPT.parent))  # it imports bert
+  monkeypatch.syspath_prepend(str(BENCHMARKS))  # it imports bert
   train_step = load_script("benchmarks/train_step.py")
   params = {
     "layer": {"kernel": jnp.ones((64, 64)) * 0.1, "norm": jnp.ones((64,))},
@@ -91,10 +55,11 @@ def test_every_train_step_method_steps_a_small_tree(monkeypatch):
 
 def test_train_step_command_line_picks_methods_and_adds_memory():
   """train_step.py alone: --methods picks the columns beside AdamW (GaLore
-  r32 only here; bench_step.py above runs r128 through the same code),
+  r32 only here; device.sh's dry run, tests/test_device_script.py, runs r128
+  through bench_step.py and the same code),
   --memory adds the BERT-base memory table and --compile-only leaves out the
   step times."""
-  script = SCRIPT.parent / "train_step.py"
+  script = BENCHMARKS / "train_step.py"
   completed = subprocess.run(
     [
       sys.executable,
@@ -122,8 +87,8 @@ def test_train_step_command_line_picks_methods_and_adds_memory():
 def test_compare_compile_tables_two_checkouts():
   """compare_compile.py on this checkout against itself, a tiny BERT: a row
   per method with each round's ratio to AdamW and both peaks."""
-  script = SCRIPT.parent / "compare_compile.py"
-  root = str(SCRIPT.parent.parent)
+  script = BENCHMARKS / "compare_compile.py"
+  root = str(BENCHMARKS.parent)
   completed = subprocess.run(
     [sys.executable, str(script), root, root, "--quick", "--rounds", "1"]
     + ["--methods", "galore32"],
