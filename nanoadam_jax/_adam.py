@@ -76,6 +76,7 @@ def adam_direction(
   nesterov: bool = False,
   dtype: Any = None,
   keys: tuple[jax.Array | None, jax.Array | None] = (None, None),
+  positions: jax.Array | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """One AdamW step on matching arrays; returns (direction, mu, nu).
 
@@ -83,8 +84,9 @@ def adam_direction(
   whatever the param's ``dtype``, default the gradient's), the step is
   computed from those unrounded moments, and only what is stored is cast
   back to the stored moments' dtypes: stochastically where ``keys`` (for
-  ``mu``, ``nu``) holds a key (see :func:`_rounding.store`), else to
-  nearest. The direction is returned in the compute dtype.
+  ``mu``, ``nu``) holds a key (see :func:`_rounding.store`, which also
+  takes ``positions``), else to nearest. The direction is returned in the
+  compute dtype.
 
   The operation order follows ``optax.scale_by_adam`` followed by
   ``optax.add_decayed_weights``, so that a dense run matches ``optax.adamw``
@@ -121,6 +123,6 @@ def adam_direction(
   mu_key, nu_key = keys
   return (
     direction,
-    _rounding.store(new_mu, mu.dtype, mu_key),
-    _rounding.store(new_nu, nu.dtype, nu_key),
+    _rounding.store(new_mu, mu.dtype, mu_key, positions),
+    _rounding.store(new_nu, nu.dtype, nu_key, positions),
   )

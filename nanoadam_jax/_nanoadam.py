@@ -392,16 +392,33 @@ def scale_by_nanoadam(
           buffers[i] = tuple(leaf_buffers)
 
     # 2. Step each leaf: Adam on the selected entries of a sparse one, AdamW
-    # on all of a dense one, zero on a frozen one.
-    out, new_buffers = [], []
-    for leaf, param, grad, leaf_buffers in zip(
-      leaves, param_leaves, grads, buffers, strict=True
-    ):
-      update, leaf_buffers = leaf.step(
-        grad, param, leaf_buffers, step, step_size
+    # on all of a dense one, zero on a frozen one. Sparse leaves of one kind
+    # share one Adam program (see `_grouping.step_group`).
+    stepped: list[Any] = [None] * len(leaves)
+    for i, leaf in enumerate(leaves):
+      if leaf.kind != "sparse":
+        stepped[i] = leaf.step(
+          grads[i], param_leaves[i], buffers[i], step, step_size
+        )
+    groups = _grouping.step_groups(
+      [leaves[i] for i in sparse],
+      [param_leaves[i] for i in sparse],
+      [buffers[i] for i in sparse],
+    )
+    for group in groups:
+      members = [sparse[j] for j in group]
+      results = _grouping.step_group(
+        [leaves[i] for i in members],
+        [grads[i] for i in members],
+        [param_leaves[i] for i in members],
+        [buffers[i] for i in members],
+        step,
+        step_size,
       )
-      out.append(update)
-      new_buffers.append(leaf_buffers)
+      for i, result in zip(members, results, strict=True):
+        stepped[i] = result
+    out = [update for update, _ in stepped]
+    new_buffers = [leaf_buffers for _, leaf_buffers in stepped]
     count = optax.safe_increment(step)
     return treedef.unflatten(out), _state.assemble(count, treedef, new_buffers)
 

@@ -93,18 +93,30 @@ def moment_keys(
   params' leaves) at ``step``: one where ``rounding="stochastic"`` and the
   stored dtype is narrower than the step computes in (float32, or the
   param's ``dtype`` where wider), else None (a plain cast)."""
+  return tuple(
+    rounding_key(seed, step, tree_no, moment)
+    if is_stochastic(rounding, dtype, stored_dtype)
+    else None
+    for moment, stored_dtype in enumerate(stored)
+  )
+
+
+def is_stochastic(rounding: str, dtype: Any, stored: Any) -> bool:
+  """Whether a moment stored in ``stored`` for a param of ``dtype`` is
+  rounded stochastically: with ``rounding="stochastic"``, where it is
+  narrower than the step computes in (float32, or the param's dtype where
+  wider)."""
   computed = max(jnp.dtype(dtype).itemsize, 4)
-  keys = []
-  for moment, stored_dtype in enumerate(stored):
-    narrower = jnp.dtype(stored_dtype).itemsize < computed
-    if rounding == "stochastic" and narrower:
-      keys.append(rounding_key(seed, step, tree_no, moment))
-    else:
-      keys.append(None)
-  return tuple(keys)
+  narrower = jnp.dtype(stored).itemsize < computed
+  return rounding == "stochastic" and narrower
 
 
-def store(x: jax.Array, dtype: Any, key: jax.Array | None) -> jax.Array:
+def store(
+  x: jax.Array,
+  dtype: Any,
+  key: jax.Array | None,
+  positions: jax.Array | None = None,
+) -> jax.Array:
   """``x`` in ``dtype``: rounded to nearest without a key, else stochastically.
 
   Stochastic rounding picks one of the two ``dtype`` neighbours of each
@@ -116,7 +128,9 @@ def store(x: jax.Array, dtype: Any, key: jax.Array | None) -> jax.Array:
     x: the moment as computed (float32 or wider).
     dtype: the storage dtype.
     key: a :func:`rounding_key`, or None for round-to-nearest (Optax's
-      cast).
+      cast); or one key per entry, shape=x.shape + (2,).
+    positions: each entry's position in its buffer (see
+      :func:`uniform_bits`); default: its flat position in ``x``.
 
   Returns:
     An array of ``dtype`` and ``x``'s shape.
@@ -131,7 +145,7 @@ def store(x: jax.Array, dtype: Any, key: jax.Array | None) -> jax.Array:
   gap = other.astype(x.dtype) - nearest.astype(x.dtype)
   # P(other) = |x - nearest| / |other - nearest|; 0 where x is exact.
   chance = jnp.where(gap != 0, (x - nearest.astype(x.dtype)) / gap, 0)
-  uniform = uniform_bits(key, x.shape, x.dtype)
+  uniform = uniform_bits(key, x.shape, x.dtype, positions)
   take_other = (uniform < chance) & jnp.isfinite(other)
   return jnp.where(take_other, other, nearest)
 
@@ -148,7 +162,12 @@ def _mix(h: jax.Array) -> jax.Array:
   return h
 
 
-def uniform_bits(key: jax.Array, shape: tuple[int, ...], dtype: Any):
+def uniform_bits(
+  key: jax.Array,
+  shape: tuple[int, ...],
+  dtype: Any,
+  positions: jax.Array | None = None,
+):
   """Uniform numbers in ``[0, 1)`` on a grid of ``2**-24``, one per entry.
 
   Each entry hashes its flat position with the key's two words, elementwise,
@@ -161,13 +180,18 @@ def uniform_bits(key: jax.Array, shape: tuple[int, ...], dtype: Any):
 
   Args:
     key: shape=(2,), dtype=uint32, from :func:`rounding_key`; the same key
-      gives the same numbers.
+      gives the same numbers. Or one key per entry, shape=shape + (2,):
+      several buffers concatenated, each entry with its own buffer's key.
     shape: the output's shape.
     dtype: a float dtype of at least 24 significant bits (float32, float64).
+    positions: uint32 of ``shape``, the position each entry hashes; default:
+      its flat position. Concatenated buffers pass each entry's position in
+      its own buffer, so that it draws what it would draw alone.
 
   Returns:
-    An array of ``shape`` and ``dtype``.
+    An array of ``dtype`` and ``shape``.
   """
-  position = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-  bits = _mix(_mix(position ^ key[0]) + key[1])
+  if positions is None:
+    positions = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+  bits = _mix(_mix(positions ^ key[..., 0]) + key[..., 1])
   return (bits >> 8).astype(dtype) * jnp.asarray(2.0**-24, dtype)

@@ -22,6 +22,7 @@ import dataclasses
 import math
 from collections.abc import Callable
 from typing import Any
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +40,16 @@ from nanoadam_jax import _zeros
 # A sparse leaf's state: (indices, mu, nu), each of the layout's
 # ``buffer_shape``: (k,), or (rows, k) for blocks.
 Buffers = tuple[jax.Array, jax.Array, jax.Array]
+
+
+class Gathered(NamedTuple):
+  """What one step of a sparse leaf reads (see :meth:`SparseLeaf.gather`)."""
+
+  grad: jax.Array  # the selected gradient, of the buffers' shape
+  param: jax.Array | None  # the selected param; None without weight decay
+  grad_rows: jax.Array  # the whole gradient, as the layout's rows
+  # scatter(rows, values, after): rows with values written at the selection
+  scatter: Callable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -377,6 +388,136 @@ class SparseLeaf:
     fits = layout.rows * (layout.row_size + layout.k) <= _layout.MAX_INT32
     return fits and jax.device_count() == 1
 
+  def gather(
+    self,
+    grad: jax.Array,
+    param: jax.Array,
+    buffers: Buffers,
+    step: jax.Array,
+  ) -> Gathered:
+    """The selected entries of ``grad`` (and of ``param``, with weight
+    decay) that one Adam step reads, and how to write its update.
+
+    Args:
+      grad: the leaf's gradient, of ``shape``.
+      param: the leaf, of ``shape`` and ``dtype``.
+      buffers: (indices, mu, nu), selected for this step.
+      step: updates applied so far, shape=(), dtype=int32.
+    """
+    config, layout = self.config, self.layout
+    slots = jnp.arange(layout.k, dtype=jnp.int32)
+    # Without a schedule every slot is active and in bounds: no masking.
+    active = None
+    if config.density_schedule is not None:
+      active = slots < self.active_count(step)
+    grad_rows = _layout.to_rows(_mesh.unsharded(grad), layout)
+    gather, scatter = self._addressing(_mesh.unsharded(buffers[0]), active)
+    selected_param = None
+    if config.decays:
+      selected_param = gather(_layout.to_rows(_mesh.unsharded(param), layout))
+    return Gathered(gather(grad_rows), selected_param, grad_rows, scatter)
+
+  def moment_keys(
+    self, step: jax.Array, buffers: Buffers
+  ) -> tuple[jax.Array | None, jax.Array | None]:
+    """The stochastic-rounding keys of (mu, nu) at ``step`` (see
+    :func:`_rounding.moment_keys`): None, shape=(2,), or for blocks one key
+    per block, shape=(rows, 2)."""
+    config, layout = self.config, self.layout
+    keys = _rounding.moment_keys(
+      config.rounding,
+      config.seed,
+      step,
+      self.tree_no,
+      self.dtype,
+      (buffers[1].dtype, buffers[2].dtype),
+    )
+    if layout.blockwise:
+      keys = tuple(
+        None if key is None else _rounding.row_keys(key, layout.rows)
+        for key in keys
+      )
+    return keys
+
+  def rounds_stochastically(self, mu_dtype: Any, nu_dtype: Any) -> bool:
+    """Whether either moment, stored in these dtypes, is rounded
+    stochastically (:meth:`moment_keys` gives it a key)."""
+    return any(
+      _rounding.is_stochastic(self.config.rounding, self.dtype, stored)
+      for stored in (mu_dtype, nu_dtype)
+    )
+
+  def adam(
+    self,
+    grad: jax.Array,
+    mu: jax.Array,
+    nu: jax.Array,
+    param: jax.Array | None,
+    step: jax.Array,
+    keys: tuple[jax.Array | None, jax.Array | None],
+    positions: jax.Array | None = None,
+  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Adam on selected entries, row by row for blocks: (direction, mu, nu).
+
+    The arrays are this leaf's buffers' shape, or several leaves' buffers
+    of this leaf's kind concatenated (see ``_grouping.step_group``), with
+    ``keys`` and ``positions`` as :func:`_rounding.store` takes them.
+    """
+    config = self.config
+    bias_count = config.bias_count(step, optax.safe_increment(step))
+
+    def adam(grad, mu, nu, param, keys):
+      return _adam.adam_direction(
+        grad,
+        mu,
+        nu,
+        param,
+        bias_count,
+        **config.adam,
+        dtype=self.dtype,
+        keys=keys,
+        positions=positions,
+      )
+
+    return _layout.per_row(adam, self.layout)(
+      grad, *map(_mesh.unsharded, (mu, nu)), param, keys
+    )
+
+  def write(
+    self,
+    gathered: Gathered,
+    values: jax.Array,
+    buffers: Buffers,
+    moments: tuple[jax.Array, jax.Array],
+    param: jax.Array,
+    step_size: jax.Array | None,
+  ) -> tuple[jax.Array, Buffers]:
+    """The dense update with ``values`` (in ``dtype``) at the selection and
+    exactly zero elsewhere, and the buffers to store (see :meth:`step`)."""
+    grad_rows = gathered.grad_rows
+    # One entry of the gathered gradient per row: the dense buffer and the
+    # scatter's positions wait for it (see `_zeros.zeros_after`).
+    after = gathered.grad[..., :1]
+    dense = gathered.scatter(
+      _zeros.zeros_after(
+        after, grad_rows.shape, self.dtype, _zeros.zero_sign(step_size)
+      ),
+      values,
+      after,
+    )
+    dense = _layout.from_rows(dense, self.layout, self.shape)
+    # The indices do not change, but stored as they come, from the selection
+    # `cond`, XLA copies each leaf's into its donated buffer only after every
+    # cond has run, holding all of them in temporary memory meanwhile
+    # (measured: 3.6 MiB of a 128 MiB MLP's step peak). Written once the
+    # leaf's gradient exists, each cond's output can take a free buffer.
+    indices = _mesh.unsharded(buffers[0])
+    indices = indices + _zeros.zero_after(after).astype(indices.dtype)
+    return _mesh.reshard_like(dense, param), tuple(
+      _mesh.reshard_like(new, old)
+      for new, old in zip((indices, *moments), buffers, strict=True)
+    )
+
   def step(
     self,
     grad: jax.Array,
@@ -388,6 +529,10 @@ class SparseLeaf:
     """Adam on the selected entries; an update of exactly zero elsewhere
     (``-0.0`` with a ``step_size``, so that every bit of an unselected param
     survives ``optax.apply_updates``; see :func:`_zeros.zero_sign`).
+
+    :meth:`gather`, :meth:`adam` and :meth:`write` in turn; a group of
+    leaves runs the first and last per leaf and :meth:`adam` once for all
+    (``_grouping.step_group``).
 
     Args:
       grad: the leaf's gradient, of ``shape``.
@@ -402,67 +547,14 @@ class SparseLeaf:
       (indices, mu, nu) to store: the same indices, new moments; each with
       the sharding of what it replaces.
     """
-    config, layout = self.config, self.layout
-    bias_count = config.bias_count(step, optax.safe_increment(step))
-    slots = jnp.arange(layout.k, dtype=jnp.int32)
-    # Without a schedule every slot is active and in bounds: no masking.
-    active = None
-    if config.density_schedule is not None:
-      active = slots < self.active_count(step)
-    grad_rows = _layout.to_rows(_mesh.unsharded(grad), layout)
-    gather, scatter = self._addressing(_mesh.unsharded(buffers[0]), active)
-    selected_grad = gather(grad_rows)
-    selected_param = None
-    if config.decays:
-      selected_param = gather(_layout.to_rows(_mesh.unsharded(param), layout))
-    keys = _rounding.moment_keys(
-      config.rounding,
-      config.seed,
+    gathered = self.gather(grad, param, buffers, step)
+    direction, mu, nu = self.adam(
+      gathered.grad,
+      buffers[1],
+      buffers[2],
+      gathered.param,
       step,
-      self.tree_no,
-      self.dtype,
-      (buffers[1].dtype, buffers[2].dtype),
+      self.moment_keys(step, buffers),
     )
-    if layout.blockwise:  # one key per block
-      keys = tuple(
-        None if key is None else _rounding.row_keys(key, layout.rows)
-        for key in keys
-      )
-
-    def adam(grad, mu, nu, param, keys):
-      return _adam.adam_direction(
-        grad,
-        mu,
-        nu,
-        param,
-        bias_count,
-        **config.adam,
-        dtype=self.dtype,
-        keys=keys,
-      )
-
-    direction, mu, nu = _layout.per_row(adam, layout)(
-      selected_grad, *map(_mesh.unsharded, buffers[1:]), selected_param, keys
-    )
-    # One entry of the gathered gradient per row: the dense buffer and the
-    # scatter's positions wait for it (see `_zeros.zeros_after`).
-    after = selected_grad[..., :1]
-    dense = scatter(
-      _zeros.zeros_after(
-        after, grad_rows.shape, self.dtype, _zeros.zero_sign(step_size)
-      ),
-      _adam.scaled(direction, step_size, self.dtype),
-      after,
-    )
-    dense = _layout.from_rows(dense, layout, self.shape)
-    # The indices do not change, but stored as they come, from the selection
-    # `cond`, XLA copies each leaf's into its donated buffer only after every
-    # cond has run, holding all of them in temporary memory meanwhile
-    # (measured: 3.6 MiB of a 128 MiB MLP's step peak). Written once the
-    # leaf's gradient exists, each cond's output can take a free buffer.
-    indices = _mesh.unsharded(buffers[0])
-    indices = indices + _zeros.zero_after(after).astype(indices.dtype)
-    return _mesh.reshard_like(dense, param), tuple(
-      _mesh.reshard_like(new, old)
-      for new, old in zip((indices, mu, nu), buffers, strict=True)
-    )
+    values = _adam.scaled(direction, step_size, self.dtype)
+    return self.write(gathered, values, buffers, (mu, nu), param, step_size)
