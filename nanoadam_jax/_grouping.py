@@ -20,8 +20,13 @@ leaves' re-selection. Per-tensor leaves group by size class: sizes within a
 factor 4 share a program, the smaller ones padded with +inf scores (never
 selected) and buffers of the group's largest ``k``. A MiniLM's 75 sparse
 leaves form 3 groups instead of 75 programs (or 7 exact layouts); the
-smaller leaves then re-select on the padded size. Block layouts group only
-when equal.
+smaller leaves then re-select on the padded size. So do leaves that fit in
+one block; layouts of several blocks group only when equal.
+
+:func:`step_groups` and :func:`step_group` do the same for the steady Adam
+step of leaves whose moments are rounded stochastically: each leaf gathers
+its selected entries and writes its update, and the Adam arithmetic and
+rounding hash between run once on their concatenated selected entries.
 """
 
 import functools
@@ -142,13 +147,14 @@ def selection_groups(
     leaf = leaves[j]
     # Scores have the param's dtype (or float32), buffers their own.
     dtypes = (leaf.dtype, *(b.dtype for b in buffers[j]))
-    if leaf.layout.blockwise:
+    if leaf.layout.rows > 1:
       return ("layout", leaf.layout, dtypes)
-    return ("tensor", dtypes)
+    # One row, per tensor or a leaf within one block: by size class.
+    return ("row", leaf.layout.blockwise, dtypes)
 
   groups = []
   for same_kind in _groups_of(leaves, params, kind):
-    if len(same_kind) == 1 or leaves[same_kind[0]].layout.blockwise:
+    if len(same_kind) == 1 or leaves[same_kind[0]].layout.rows > 1:
       groups.append(same_kind)
       continue
     sizes = [leaves[j].layout.n for j in same_kind]

@@ -200,15 +200,17 @@ class SparseLeaf:
     """This leaf's ``scores`` (or ``buffers``) padded to ``group``, the
     layout of the largest leaf it re-selects with (see ``_grouping``).
 
-    Per tensor, scores are padded with +inf (never selected) to the group's
-    ``n`` and buffers with zeros to its ``k``; block layouts group only when
-    equal, so they need no padding.
+    Per tensor (or in a single block), scores are padded with +inf (never
+    selected) to the group's ``row_size`` and buffers with zeros to its
+    ``k``; layouts of several blocks group only when equal, so they need no
+    padding.
     """
 
     def pad(x, size, value):
-      if self.layout.blockwise or x.shape[-1] == size:
+      if self.layout.rows > 1 or x.shape[-1] == size:
         return x
-      return jnp.pad(x, (0, size - x.shape[-1]), constant_values=value)
+      widths = [(0, 0)] * (x.ndim - 1) + [(0, size - x.shape[-1])]
+      return jnp.pad(x, widths, constant_values=value)
 
     if scores is not None:
       return pad(scores, group.row_size, jnp.inf)
@@ -225,7 +227,7 @@ class SparseLeaf:
     if layout.row_size < group.row_size:
       slots = jnp.arange(layout.k, dtype=jnp.int32)
       marker = _layout.unused_marker(layout.row_size, slots)
-      chosen = jnp.where(slots < new_active, chosen, marker)
+      chosen = jnp.where(slots < new_active, chosen.astype(jnp.int32), marker)
       chosen = chosen.astype(layout.index_dtype)
     return chosen, mu, nu
 

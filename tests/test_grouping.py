@@ -39,12 +39,14 @@ def test_map_leaves_runs_fn_per_leaf():
     np.testing.assert_array_equal(b, want_b)
 
 
-# Sizes within a factor 4 (one padded group), a vector, and an excluded leaf.
+# Sizes within a factor 4 (one padded group), two vectors (in blocks of 16:
+# one block each, a padded group), and an excluded leaf.
 PARAMS = {
   "a": np.random.default_rng(0).normal(size=(40,)),
   "b": np.random.default_rng(1).normal(size=(7, 10)),
   "c": np.random.default_rng(2).normal(size=(130,)),
   "d": np.random.default_rng(3).normal(size=(6,)),
+  "e": np.random.default_rng(5).normal(size=(12,)),
   "norm": np.random.default_rng(4).normal(size=(8,)),
 }
 
@@ -146,6 +148,8 @@ def test_selection_groups_split_by_size_dtype_and_layout():
     (blocks, (80,), jnp.float32),  # 7
     (config, (2**20 + 1,), jnp.float32),  # 8: too large to stack
     (config, (2**20,), jnp.float32),  # 9: the largest that groups
+    (blocks, (8,), jnp.float32),  # 10: in one block: by size, with 11
+    (blocks, (12,), jnp.float32),  # 11
   ]
   leaves = [
     _sparse_leaf.SparseLeaf.build(c, f"p{j}", shape, dtype, j, j)
@@ -165,6 +169,7 @@ def test_selection_groups_split_by_size_dtype_and_layout():
     [7],
     [8],
     [9],
+    [10, 11],
   ]
 
 
