@@ -134,6 +134,21 @@ def test_grouped_update_equals_leaf_by_leaf(monkeypatch, options):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * scale)
 
 
+def _abstract_leaves(shapes):
+  """Sparse leaves of ``(config, shape, dtype)``, with their params' and
+  buffers' shapes: what the grouping functions take."""
+  leaves = [
+    _sparse_leaf.SparseLeaf.build(c, f"p{j}", shape, dtype, j, j)
+    for j, (c, shape, dtype) in enumerate(shapes)
+  ]
+  params = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves]
+  buffers = [
+    tuple(jax.ShapeDtypeStruct(b.shape, b.dtype) for b in leaf.init())
+    for leaf in leaves
+  ]
+  return leaves, params, buffers
+
+
 def test_selection_groups_split_by_size_dtype_and_layout():
   config = make_config(density=0.5)
   blocks = make_config(density=0.5, block_size=16)
@@ -151,16 +166,7 @@ def test_selection_groups_split_by_size_dtype_and_layout():
     (blocks, (8,), jnp.float32),  # 10: in one block: by size, with 11
     (blocks, (12,), jnp.float32),  # 11
   ]
-  leaves = [
-    _sparse_leaf.SparseLeaf.build(c, f"p{j}", shape, dtype, j, j)
-    for j, (c, shape, dtype) in enumerate(shapes)
-  ]
-  params = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves]
-  buffers = [
-    tuple(jax.ShapeDtypeStruct(b.shape, b.dtype) for b in leaf.init())
-    for leaf in leaves
-  ]
-  groups = _grouping.selection_groups(leaves, params, buffers)
+  groups = _grouping.selection_groups(*_abstract_leaves(shapes))
   assert sorted(map(sorted, groups)) == [
     [0, 2, 3],
     [1],
@@ -193,16 +199,7 @@ def test_step_groups_split_by_config_dtype_width_and_rounding():
     (plain, (40,), jnp.float32),  # 10: not rounded: alone
     (plain, (40,), jnp.float32),  # 11
   ]
-  leaves = [
-    _sparse_leaf.SparseLeaf.build(c, f"p{j}", shape, dtype, j, j)
-    for j, (c, shape, dtype) in enumerate(shapes)
-  ]
-  params = [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for leaf in leaves]
-  buffers = [
-    tuple(jax.ShapeDtypeStruct(b.shape, b.dtype) for b in leaf.init())
-    for leaf in leaves
-  ]
-  groups = _grouping.step_groups(leaves, params, buffers)
+  groups = _grouping.step_groups(*_abstract_leaves(shapes))
   assert sorted(map(sorted, groups)) == [
     [0, 1, 2],
     [3],
