@@ -243,21 +243,22 @@ def step_group(
     leaf.moment_keys(step, leaf_buffers)
     for leaf, leaf_buffers in zip(leaves, buffers, strict=True)
   ]
-  packed_keys, positions = [], None
+  packed_keys = []
   for moment in (0, 1):
     moment_keys = [leaf_keys[moment] for leaf_keys in keys]
-    if moment_keys[0] is None:
-      packed_keys.append(None)
-      continue
-    if not blockwise:
+    if moment_keys[0] is not None and not blockwise:
       moment_keys = [
         jnp.broadcast_to(key, (size, 2))
         for key, size in zip(moment_keys, sizes, strict=True)
       ]
-      positions = jnp.concatenate(
-        [jnp.arange(size, dtype=jnp.uint32) for size in sizes]
-      )
-    packed_keys.append(jnp.concatenate(moment_keys))
+    packed_keys.append(
+      None if moment_keys[0] is None else jnp.concatenate(moment_keys)
+    )
+  positions = None
+  if not blockwise:  # each entry's slot in its own leaf's buffer
+    positions = jnp.concatenate(
+      [jnp.arange(size, dtype=jnp.uint32) for size in sizes]
+    )
   selected_params = None
   if gathered[0].param is not None:
     selected_params = jnp.concatenate([g.param for g in gathered])

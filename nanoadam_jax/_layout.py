@@ -90,6 +90,12 @@ class Layout(NamedTuple):
     return (self.rows, self.k) if self.blockwise else (self.k,)
 
   @property
+  def rows_shape(self) -> tuple[int, ...]:
+    """Shape of the entries as :func:`to_rows` lays them out: ``(n,)`` or
+    ``(rows, row_size)``."""
+    return (self.rows, self.row_size) if self.blockwise else (self.n,)
+
+  @property
   def padding(self) -> int:
     return self.rows * self.row_size - self.n
 
@@ -135,7 +141,7 @@ def to_rows(x: jax.Array, layout: Layout, pad_value: Any = 0) -> jax.Array:
     return flat
   if layout.padding:
     flat = jnp.pad(flat, (0, layout.padding), constant_values=pad_value)
-  return flat.reshape(layout.rows, layout.row_size)
+  return flat.reshape(layout.rows_shape)
 
 
 def from_rows(rows: jax.Array, layout: Layout, shape: tuple[int, ...]):

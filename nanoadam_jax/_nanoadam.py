@@ -359,6 +359,8 @@ def scale_by_nanoadam(
 
     # 1. Re-select, every mask_interval (or density_interval) steps.
     sparse = [i for i, leaf in enumerate(leaves) if leaf.kind == "sparse"]
+    sparse_leaves = [leaves[i] for i in sparse]
+    sparse_params = [param_leaves[i] for i in sparse]
     if sparse:
       should_select = config.selects_at(step)
       # One cond per group of leaves: the steady step skips selection
@@ -367,9 +369,7 @@ def scale_by_nanoadam(
       # model, measured.) A group traces and compiles its selection once, not
       # once per leaf (see `_grouping`).
       groups = _grouping.selection_groups(
-        [leaves[i] for i in sparse],
-        [param_leaves[i] for i in sparse],
-        [buffers[i] for i in sparse],
+        sparse_leaves, sparse_params, [buffers[i] for i in sparse]
       )
       for group in groups:
         members = [sparse[j] for j in group]
@@ -401,9 +401,7 @@ def scale_by_nanoadam(
           grads[i], param_leaves[i], buffers[i], step, step_size
         )
     groups = _grouping.step_groups(
-      [leaves[i] for i in sparse],
-      [param_leaves[i] for i in sparse],
-      [buffers[i] for i in sparse],
+      sparse_leaves, sparse_params, [buffers[i] for i in sparse]
     )
     for group in groups:
       members = [sparse[j] for j in group]

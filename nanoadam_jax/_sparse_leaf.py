@@ -47,7 +47,6 @@ class Gathered(NamedTuple):
 
   grad: jax.Array  # the selected gradient, of the buffers' shape
   param: jax.Array | None  # the selected param; None without weight decay
-  grad_rows: jax.Array  # the whole gradient, as the layout's rows
   # scatter(rows, values, after): rows with values written at the selection
   scatter: Callable
 
@@ -417,7 +416,7 @@ class SparseLeaf:
     selected_param = None
     if config.decays:
       selected_param = gather(_layout.to_rows(_mesh.unsharded(param), layout))
-    return Gathered(gather(grad_rows), selected_param, grad_rows, scatter)
+    return Gathered(gather(grad_rows), selected_param, scatter)
 
   def moment_keys(
     self, step: jax.Array, buffers: Buffers
@@ -496,13 +495,15 @@ class SparseLeaf:
   ) -> tuple[jax.Array, Buffers]:
     """The dense update with ``values`` (in ``dtype``) at the selection and
     exactly zero elsewhere, and the buffers to store (see :meth:`step`)."""
-    grad_rows = gathered.grad_rows
     # One entry of the gathered gradient per row: the dense buffer and the
     # scatter's positions wait for it (see `_zeros.zeros_after`).
     after = gathered.grad[..., :1]
     dense = gathered.scatter(
       _zeros.zeros_after(
-        after, grad_rows.shape, self.dtype, _zeros.zero_sign(step_size)
+        after,
+        self.layout.rows_shape,
+        self.dtype,
+        _zeros.zero_sign(step_size),
       ),
       values,
       after,
