@@ -34,9 +34,10 @@ class DenseLeaf:
   path: str
   shape: tuple[int, ...]
   dtype: Any
-  # Place among all the params' leaves, which separates roundings: an int,
-  # or in an update its runtime value (`_rounding.leaf_numbers`).
-  tree_no: Any
+  tree_no: int  # place among all the params' leaves: separates roundings
+  # In an update, its rounding keys at that step, shape=(2, 2), computed
+  # with every leaf's (`_rounding.update_keys`); None: computed from tree_no.
+  keys: jax.Array | None = None
   kind: str = "dense"
 
   def init(self) -> _leaf.Buffers:
@@ -70,9 +71,7 @@ class DenseLeaf:
       dtype=self.dtype,
       keys=_rounding.moment_keys(
         config.rounding,
-        config.seed,
-        step,
-        self.tree_no,
+        _rounding.leaf_keys(self.keys, config.seed, step, self.tree_no),
         self.dtype,
         (mu.dtype, nu.dtype),
       ),

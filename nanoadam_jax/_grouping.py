@@ -41,17 +41,21 @@ import jax.numpy as jnp
 from jax import lax
 
 from nanoadam_jax import _adam
+from nanoadam_jax import _layout
 from nanoadam_jax import _mesh
 from nanoadam_jax import _sparse_leaf
 from nanoadam_jax import _unfolded
 
-# Leaves with more entries re-select and step alone, and the leaves of one
+# Leaves per tensor with more entries re-select alone, and the leaves of one
 # step group add up to at most this many. A group stacks or concatenates its
 # buffers, and for large leaves that transient raises the peak memory of a
 # training step (eight 4M-entry matrices: 0.58x of AdamW's peak alone, 0.72x
 # grouped; a MiniLM with the paper's recipe: 548 MiB with no step groups,
 # 559 MiB in one group, 547 MiB in groups of at most this many; measured).
 _GROUP_MAX_N = 1 << 20
+# Leaves in blocks re-select in chunks of rows of at most this many entries
+# (see `_reselect_blocks`): a chunk's scores are its transient.
+_CHUNK_N = _GROUP_MAX_N
 
 
 def group_by(items: Sequence[Any], key: Callable[[Any], Hashable]):
@@ -104,20 +108,17 @@ def map_leaves(
 
   leaves = jnp.arange(count, dtype=jnp.int32)
   _, out = lax.scan(body, None, (leaves, stacked))
-  offsets = _unfolded.unfolded_ints(range(count))
-  return [jax.tree.map(lambda s, j=j: _row(s, j), out) for j in offsets]
-
-
-def _row(stacked: jax.Array, j: jax.Array) -> jax.Array:
-  """``stacked[j]`` for a traced ``j``."""
-  start = (j,) + (0,) * (stacked.ndim - 1)
-  return lax.dynamic_slice(stacked, start, (1, *stacked.shape[1:]))[0]
+  flat, treedef = jax.tree.flatten(out)
+  return [
+    treedef.unflatten([x[0] for x in row])
+    for row in _unfolded.unfolded_slices(flat, range(count), 1)
+  ]
 
 
 def _stands_alone(leaf: _sparse_leaf.SparseLeaf, param: jax.Array) -> bool:
   """Whether ``leaf`` re-selects and steps by itself, in no group."""
   # Explicit shardings may differ per leaf.
-  return _mesh.explicit_spec(param) is not None or leaf.layout.n > _GROUP_MAX_N
+  return _mesh.explicit_spec(param) is not None
 
 
 def _groups_of(leaves, params, kind) -> list[list[int]]:
@@ -147,14 +148,15 @@ def selection_groups(
     leaf = leaves[j]
     # Scores have the param's dtype (or float32), buffers their own.
     dtypes = (leaf.dtype, *(b.dtype for b in buffers[j]))
-    if leaf.layout.rows > 1:
-      return ("layout", leaf.layout, dtypes)
-    # One row, per tensor or a leaf within one block: by size class.
-    return ("row", leaf.layout.blockwise, dtypes)
+    if leaf.layout.blockwise:  # any number of blocks: in chunks of rows
+      return ("blocks", dtypes)
+    if leaf.layout.n > _GROUP_MAX_N:  # too large to stack
+      return ("alone", j)
+    return ("tensor", dtypes)  # by size class
 
   groups = []
   for same_kind in _groups_of(leaves, params, kind):
-    if len(same_kind) == 1 or leaves[same_kind[0]].layout.rows > 1:
+    if len(same_kind) == 1 or leaves[same_kind[0]].layout.blockwise:
       groups.append(same_kind)
       continue
     sizes = [leaves[j].layout.n for j in same_kind]
@@ -304,6 +306,8 @@ def reselect_group(
   with the padded leaf's own active counts, and each takes its part back
   (:meth:`SparseLeaf.from_group_rows`).
   """
+  if len(leaves) > 1 and leaves[0].layout.blockwise:
+    return _reselect_blocks(leaves, params, step, buffers)
   largest = max(leaves, key=lambda leaf: leaf.layout.n)
   group = largest.layout
 
@@ -328,4 +332,81 @@ def reselect_group(
   return [
     leaf.from_group_rows(group, chosen, new_active)
     for leaf, (chosen, (new_active, _)) in zip(leaves, out, strict=True)
+  ]
+
+
+def _reselect_blocks(
+  leaves: Sequence[_sparse_leaf.SparseLeaf],
+  params: Sequence[jax.Array],
+  step: jax.Array,
+  buffers: Sequence[_sparse_leaf.Buffers],
+) -> list[_sparse_leaf.Buffers]:
+  """:meth:`SparseLeaf.reselect` of leaves in blocks, every block of every
+  leaf through one selection program.
+
+  The leaves' blocks, in order, are cut into chunks of equal rows (at most
+  ``_CHUNK_N`` entries), which a ``lax.scan`` re-selects one after the
+  other. Each chunk's scores and old buffers are built in a ``lax.switch``
+  branch from the leaves it covers, so only one chunk's scores exist at a
+  time. A leaf in one short block is padded to the widest block (see
+  :meth:`SparseLeaf.to_group_rows`); every row keeps its own leaf's active
+  counts, and the last chunk is padded with rows of +inf scores, whose
+  results are dropped.
+  """
+  widest = max(leaves, key=lambda leaf: leaf.layout.row_size)
+  group = widest.layout
+  rows = [leaf.layout.rows for leaf in leaves]
+  starts = [0, *itertools.accumulate(rows)][:-1]
+  total = sum(rows)
+  chunk = min(total, max(1, _CHUNK_N // group.row_size))
+  count = -(-total // chunk)
+  # Counts differ by row where a leaf is padded or a schedule reads them.
+  padded = any(leaf.layout.k != group.k for leaf in leaves)
+  per_row = padded or widest.config.density_schedule is not None
+
+  def chunk_inputs(c):
+    lo, hi = c * chunk, min((c + 1) * chunk, total)
+    scores, old, active = [], [], []
+    for leaf, param, leaf_buffers, start, size in zip(
+      leaves, params, buffers, starts, rows, strict=True
+    ):
+      a, b = max(lo, start) - start, min(hi, start + size) - start
+      if a >= b:
+        continue
+      leaf_scores = leaf.to_group_rows(group, scores=leaf.scores(param, step))
+      scores.append(leaf_scores.reshape(-1, group.row_size)[a:b])
+      leaf_old = leaf.to_group_rows(group, buffers=leaf_buffers)
+      old.append(tuple(x.reshape(-1, group.k)[a:b] for x in leaf_old))
+      counts = leaf.active_count_change(step)
+      active.append(tuple(jnp.broadcast_to(n, (b - a,)) for n in counts))
+    if hi - lo < chunk:  # padding rows: never selected, remapped from nothing
+      short = chunk - (hi - lo)
+      scores.append(jnp.full((short, group.row_size), jnp.inf, scores[0].dtype))
+      slots = jnp.arange(group.k, dtype=jnp.int32)
+      unused = _layout.unused_marker(group.row_size, slots)
+      old.append(
+        (jnp.broadcast_to(unused.astype(old[0][0].dtype), (short, group.k)),)
+        + tuple(jnp.zeros((short, group.k), x.dtype) for x in old[0][1:])
+      )
+      active.append((jnp.ones((short,), jnp.int32),) * 2)
+    joined = lambda parts: tuple(map(jnp.concatenate, zip(*parts, strict=True)))
+    return jnp.concatenate(scores), joined(old), joined(active)
+
+  def reselect(scores, old, active):
+    return widest.reselect_rows(scores, step, old, active if per_row else None)
+
+  if count == 1:
+    out = reselect(*chunk_inputs(0))
+  else:
+    branches = [functools.partial(chunk_inputs, c) for c in range(count)]
+
+    def body(_, c):
+      return None, reselect(*lax.switch(c, branches))
+
+    _, out = lax.scan(body, None, jnp.arange(count, dtype=jnp.int32))
+    out = tuple(x.reshape(count * chunk, group.k) for x in out)
+  parts = _unfolded.unfolded_slices(out, starts, rows)
+  return [
+    leaf.from_group_rows(group, part, leaf.active_count_change(step)[0])
+    for leaf, part in zip(leaves, parts, strict=True)
   ]

@@ -21,6 +21,7 @@ buffer, also raised the step's peak memory.
 """
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import jax
@@ -42,35 +43,81 @@ def rounding_key(seed: Any, step: Any, tree_no: Any, moment: int):
     seed: an integer (may be traced).
     step: updates applied so far (may be traced).
     tree_no: the leaf's place in the params' leaves; with ``moment`` (0 for
-      ``mu``, 1 for ``nu``) it picks the buffer's own stream. An int, or an
-      integer scalar computed at run time (see :func:`leaf_numbers`).
+      ``mu``, 1 for ``nu``) it picks the buffer's own stream.
     moment: 0 or 1.
 
   Returns:
     shape=(2,), dtype=uint32: the key :func:`uniform_bits` takes.
   """
-  u32 = lambda x: jnp.asarray(x).astype(jnp.uint32)
-  # The words of (seed, step) are the same computation for every buffer, so
-  # XLA computes them once. Each _mix is a bijection of uint32: distinct
-  # steps give distinct words.
-  h = _mix(_mix(u32(seed) + jnp.uint32(_SEED_SALT)) ^ u32(step))
-  second = _mix(h ^ jnp.uint32(_SECOND_WORD_SALT))
-  stream = _mix((u32(tree_no) * 2 + moment) * jnp.uint32(_STREAM_SALT))
-  return jnp.stack([h ^ stream, second])
+  first, second = _step_words(seed, step)
+  return jnp.stack([first ^ _stream(tree_no, moment), second])
 
 
-def leaf_numbers(tree_nos: list[int]) -> tuple[jax.Array, ...]:
-  """``tree_nos`` as the uint32 scalars :func:`rounding_key` takes, computed
-  at run time.
+def update_keys(
+  seed: Any, step: Any, tree_nos: Sequence[int]
+) -> tuple[jax.Array, ...]:
+  """The keys of every leaf's two moments at one step, computed at once.
 
-  The stream number enters every fused loop that rounds a buffer. As a
-  constant it made each leaf's loops distinct kernels, which XLA:CPU
-  compiled once per leaf (the update of a MiniLM with 16-bit block state,
-  its selection left out: 36-50 s against 23 s to compile on a busy
-  machine, measured); as a runtime value (see ``_unfolded``) the leaves of
+  The words of (seed, step) are computed once, and the leaves' streams in
+  one vectorized computation. Each leaf's keys are a separate runtime
+  buffer (``_unfolded``): the keys enter every fused loop that rounds a
+  buffer, and read at constant offsets they made each leaf's loops distinct
+  kernels, which XLA:CPU compiled once per leaf (the update of a MiniLM with
+  16-bit block state, its selection left out: 36-50 s against 23 s to
+  compile on a busy machine, measured); as runtime buffers the leaves of
   one shape share them.
+
+  Args:
+    seed: an integer (may be traced).
+    step: updates applied so far (may be traced).
+    tree_nos: the leaves' places in the params' leaves.
+
+  Returns:
+    One array per leaf, shape=(2, 2), dtype=uint32: its :func:`rounding_key`
+    for ``mu`` (row 0) and ``nu`` (row 1).
   """
-  return _unfolded.unfolded_ints(tree_nos, jnp.uint32)
+  first, second = _step_words(seed, step)
+  numbers = jnp.asarray(tree_nos, jnp.uint32)
+  table = jnp.stack(
+    [
+      jnp.stack(
+        [
+          first ^ _stream(numbers, moment),
+          jnp.broadcast_to(second, numbers.shape),
+        ],
+        axis=-1,
+      )
+      for moment in (0, 1)
+    ],
+    axis=1,
+  )
+  slices = _unfolded.unfolded_slices([table], range(len(tree_nos)), 1)
+  return tuple(key[0] for (key,) in slices)
+
+
+def leaf_keys(
+  keys: jax.Array | None, seed: Any, step: Any, tree_no: int
+) -> jax.Array:
+  """One leaf's keys at ``step``, shape=(2, 2): ``keys`` where an update
+  computed them with every leaf's (:func:`update_keys`), else computed for
+  this leaf alone (the same values)."""
+  if keys is not None:
+    return keys
+  return jnp.stack([rounding_key(seed, step, tree_no, m) for m in (0, 1)])
+
+
+def _step_words(seed: Any, step: Any) -> tuple[jax.Array, jax.Array]:
+  """The two words every buffer's key at ``step`` starts from. Each _mix is
+  a bijection of uint32: distinct steps give distinct words."""
+  u32 = lambda x: jnp.asarray(x).astype(jnp.uint32)
+  first = _mix(_mix(u32(seed) + jnp.uint32(_SEED_SALT)) ^ u32(step))
+  return first, _mix(first ^ jnp.uint32(_SECOND_WORD_SALT))
+
+
+def _stream(tree_no: Any, moment: int) -> jax.Array:
+  """The word that separates the stream of one leaf's moment."""
+  number = jnp.asarray(tree_no).astype(jnp.uint32) * 2 + moment
+  return _mix(number * jnp.uint32(_STREAM_SALT))
 
 
 def row_keys(key: jax.Array, rows: int) -> jax.Array:
@@ -83,20 +130,17 @@ def row_keys(key: jax.Array, rows: int) -> jax.Array:
 
 def moment_keys(
   rounding: str,
-  seed: Any,
-  step: jax.Array,
-  tree_no: Any,
+  keys: jax.Array,
   dtype: Any,
   stored: tuple[Any, Any],
 ) -> tuple[jax.Array | None, jax.Array | None]:
-  """Keys for storing (mu, nu) of leaf ``tree_no`` (its place in the
-  params' leaves) at ``step``: one where ``rounding="stochastic"`` and the
-  stored dtype is narrower than the step computes in (float32, or the
-  param's ``dtype`` where wider), else None (a plain cast)."""
+  """The keys for storing (mu, nu) of a leaf of ``dtype`` in ``stored``
+  dtypes: its row of ``keys`` (from :func:`update_keys`) where
+  ``rounding="stochastic"`` and the stored dtype is narrower than the step
+  computes in (float32, or the param's ``dtype`` where wider), else None (a
+  plain cast)."""
   return tuple(
-    rounding_key(seed, step, tree_no, moment)
-    if is_stochastic(rounding, dtype, stored_dtype)
-    else None
+    keys[moment] if is_stochastic(rounding, dtype, stored_dtype) else None
     for moment, stored_dtype in enumerate(stored)
   )
 

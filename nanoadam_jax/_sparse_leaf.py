@@ -69,9 +69,12 @@ class SparseLeaf:
   shape: tuple[int, ...]  # the param's
   dtype: Any  # the param's: of the update and of nu
   sparse_no: int  # place among the sparse leaves; separates random draws
-  # Place among all the params' leaves, which separates roundings: an int,
-  # or in an update its runtime value (`_rounding.leaf_numbers`).
-  tree_no: Any
+  tree_no: int  # place among all the params' leaves: separates roundings
+  # In an update, what that step gives every leaf, computed once for all
+  # (`_nanoadam._at_update`); None: computed from the step. Its rounding
+  # keys, shape=(2, 2), and its `active_count_change`.
+  keys: jax.Array | None = None
+  counts: tuple[jax.Array, jax.Array] | None = None
   kind: str = "sparse"
 
   @classmethod
@@ -168,6 +171,8 @@ class SparseLeaf:
   def active_count_change(self, step: jax.Array) -> tuple[jax.Array, jax.Array]:
     """:meth:`active_count` at ``step`` and before it (0 before the first
     update, when nothing was selected): (new, old)."""
+    if self.counts is not None:  # this update's, computed once
+      return self.counts
     old = jnp.where(step == 0, 0, self.active_count(step - 1))
     return self.active_count(step), old
 
@@ -240,25 +245,25 @@ class SparseLeaf:
     """:meth:`reselect` from the rows of :meth:`scores`.
 
     A group of leaves re-selects through its largest leaf (see
-    ``_grouping``): ``scores`` and ``buffers`` are then another leaf's,
-    padded by :meth:`to_group_rows`, and ``active`` gives that leaf's
-    :meth:`active_count_change`.
+    ``_grouping``): ``scores`` and ``buffers`` are then other leaves' rows,
+    padded by :meth:`to_group_rows`, and ``active`` gives their
+    :meth:`active_count_change`: scalars, or for rows of blocks one count
+    per row (rows of several leaves).
     """
     config, layout = self.config, self.layout
-    schedule_active = None
+    # A padded leaf's k_t lies below its buffer's k even without a schedule.
+    masked = active is not None or config.density_schedule is not None
     if active is None:
-      new_active, old_active = self.active_count_change(step)
-      if config.density_schedule is not None:
-        schedule_active = new_active
-    else:
-      new_active, old_active = active
-      # A padded leaf's k_t lies below its buffer's k even without a schedule.
-      schedule_active = new_active
+      active = self.active_count_change(step)
+    # One count per row: scalars, or per row of blocks (see `_grouping`).
+    new_active, old_active = (
+      jnp.broadcast_to(count, scores.shape[:-1]) for count in active
+    )
     slots = jnp.arange(layout.k, dtype=jnp.int32)
 
-    def row(scores, old, mu, nu):
+    def row(scores, old, mu, nu, new_active, old_active):
       chosen = _selection.lowest_k_indices(
-        scores, layout.k, schedule_active, config.selection
+        scores, layout.k, new_active if masked else None, config.selection
       )
       if config.moments == "reset":
         return chosen, jnp.zeros_like(mu), jnp.zeros_like(nu)
@@ -289,7 +294,7 @@ class SparseLeaf:
       return chosen, mu, nu
 
     chosen, mu, nu = _layout.per_row(row, layout)(
-      scores, *map(_mesh.unsharded, buffers)
+      scores, *map(_mesh.unsharded, buffers), new_active, old_active
     )
     chosen = chosen.astype(layout.index_dtype)
     # Both branches of the selection cond must give the same shardings.
@@ -410,7 +415,7 @@ class SparseLeaf:
     # Without a schedule every slot is active and in bounds: no masking.
     active = None
     if config.density_schedule is not None:
-      active = slots < self.active_count(step)
+      active = slots < self.active_count_change(step)[0]
     grad_rows = _layout.to_rows(_mesh.unsharded(grad), layout)
     gather, scatter = self._addressing(_mesh.unsharded(buffers[0]), active)
     selected_param = None
@@ -427,9 +432,7 @@ class SparseLeaf:
     config, layout = self.config, self.layout
     keys = _rounding.moment_keys(
       config.rounding,
-      config.seed,
-      step,
-      self.tree_no,
+      _rounding.leaf_keys(self.keys, config.seed, step, self.tree_no),
       self.dtype,
       (buffers[1].dtype, buffers[2].dtype),
     )

@@ -38,3 +38,22 @@ def unfolded_ints(
   start = tuple(jnp.asarray(value, dtype) for value in values)
   out, _ = lax.scan(body, start, jnp.arange(_TRIPS, dtype=jnp.int32))
   return out
+
+
+def unfolded_slices(
+  arrays: Sequence[jax.Array],
+  starts: Sequence[int],
+  size: int | Sequence[int],
+) -> list[tuple[jax.Array, ...]]:
+  """For each start, ``tuple(x[start : start + size] for x in arrays)``
+  (slicing the first axis) at an offset XLA cannot fold: slices of one
+  shape share one kernel.
+
+  ``size`` is one size for all starts, or one per start.
+  """
+  starts = list(starts)
+  sizes = [size] * len(starts) if isinstance(size, int) else list(size)
+  return [
+    tuple(lax.dynamic_slice_in_dim(x, start, n) for x in arrays)
+    for start, n in zip(unfolded_ints(starts), sizes, strict=True)
+  ]

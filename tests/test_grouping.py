@@ -86,6 +86,12 @@ def _run(tx, steps=9):
       mu_dtype=jnp.bfloat16,
       nu_dtype=jnp.bfloat16,
     ),
+    dict(
+      granularity="block",
+      block_size=16,
+      density_schedule=strict_schedule(optax.linear_schedule(0.5, 0.2, 6)),
+      density_interval=2,
+    ),
   ],
   ids=[
     "smallest",
@@ -95,6 +101,7 @@ def _run(tx, steps=9):
     "decay-mask",
     "16bit-moments",
     "16bit-blocks",
+    "schedule-blocks",
   ],
 )
 def test_grouped_update_equals_leaf_by_leaf(monkeypatch, options):
@@ -103,6 +110,9 @@ def test_grouped_update_equals_leaf_by_leaf(monkeypatch, options):
   tx = na.nanoadam(
     0.05, density=0.5, mask_interval=3, exclude="norm", **options
   )
+  # In blocks of 16, "a", "b" and "c" have 3, 5 and 9 blocks: chunks of 3
+  # blocks cut across leaves, and the last has a row of padding.
+  monkeypatch.setattr(_grouping, "_CHUNK_N", 3 * 16)
   grouped = _run(tx)
   # More than one device: every leaf re-selects alone.
   monkeypatch.setattr(jax, "device_count", lambda: 2)
@@ -158,24 +168,25 @@ def test_selection_groups_split_by_size_dtype_and_layout():
     (config, (7, 10), jnp.float32),  # 2
     (config, (130,), jnp.float32),  # 3
     (config, (70,), jnp.bfloat16),  # 4: another dtype
-    (blocks, (64,), jnp.float32),  # 5: blocks group with equal layouts
-    (blocks, (64,), jnp.float32),  # 6
+    (blocks, (64,), jnp.float32),  # 5: blocks group, whatever their
+    (blocks, (64,), jnp.float32),  # 6   number and width
     (blocks, (80,), jnp.float32),  # 7
     (config, (2**20 + 1,), jnp.float32),  # 8: too large to stack
     (config, (2**20,), jnp.float32),  # 9: the largest that groups
-    (blocks, (8,), jnp.float32),  # 10: in one block: by size, with 11
+    (blocks, (8,), jnp.float32),  # 10: in one short block
     (blocks, (12,), jnp.float32),  # 11
+    (blocks, (2**20 + 16,), jnp.float32),  # 12: large, in blocks
+    (blocks, (16,), jnp.bfloat16),  # 13: another dtype
   ]
   groups = _grouping.selection_groups(*_abstract_leaves(shapes))
   assert sorted(map(sorted, groups)) == [
     [0, 2, 3],
     [1],
     [4],
-    [5, 6],
-    [7],
+    [5, 6, 7, 10, 11, 12],
     [8],
     [9],
-    [10, 11],
+    [13],
   ]
 
 

@@ -115,23 +115,22 @@ def test_rounding_keys_differ_by_seed_step_leaf_and_moment():
   assert len(np.unique(words, axis=0)) == len(words)
 
 
-def test_runtime_leaf_numbers_give_the_keys_of_their_ints():
-  """`update` hands each leaf its number at run time (so that leaves of one
-  shape share kernels); the keys, and so every rounding, stay those of the
-  leaf's place."""
+def test_update_keys_are_each_leafs_rounding_keys():
+  """`update` computes every leaf's keys at once, each a runtime buffer (so
+  that leaves of one shape share kernels); the keys, and so every rounding,
+  stay those of the leaf's place, as a leaf alone computes them."""
   tree_nos = [0, 1, 7, 2**20 + 5]
-
-  @jax.jit
-  def keys(seed, step):
-    numbers = _rounding.leaf_numbers(tree_nos)
-    return [
-      _rounding.rounding_key(seed, step, n, m) for n in numbers for m in (0, 1)
-    ]
-
-  want = [_rounding.rounding_key(3, 11, n, m) for n in tree_nos for m in (0, 1)]
-  for got, expected in zip(keys(3, 11), want, strict=True):
-    np.testing.assert_array_equal(got, expected)
-  assert len({tuple(np.asarray(k)) for k in want}) == len(want)
+  got = jax.jit(lambda seed, step: _rounding.update_keys(seed, step, tree_nos))(
+    3, 11
+  )
+  for tree_no, keys in zip(tree_nos, got, strict=True):
+    assert keys.shape == (2, 2) and keys.dtype == jnp.uint32
+    for moment in (0, 1):
+      want = _rounding.rounding_key(3, 11, tree_no, moment)
+      np.testing.assert_array_equal(keys[moment], want)
+    alone = _rounding.leaf_keys(None, 3, 11, tree_no)
+    np.testing.assert_array_equal(keys, alone)
+  assert len({tuple(np.asarray(k).ravel()) for k in got}) == len(tree_nos)
 
 
 def test_row_keys_give_uncorrelated_rows():

@@ -35,3 +35,19 @@ def test_xla_keeps_them_out_of_the_fusions_that_use_them():
   unfolded = scaled(lambda: _unfolded.unfolded_ints([1234567, 7654321]))
   assert "while" not in folded and "1234567" in folded
   assert "while" in unfolded
+
+
+def test_slices_take_each_start_and_size_at_runtime_offsets():
+  x = jnp.arange(20).reshape(10, 2)
+  y = jnp.arange(10, dtype=jnp.float32)
+
+  def f(x, y):
+    return _unfolded.unfolded_slices([x, y], [0, 3, 7], [3, 4, 3])
+
+  got = jax.jit(f)(x, y)
+  for (gx, gy), (a, b) in zip(got, [(0, 3), (3, 7), (7, 10)], strict=True):
+    np.testing.assert_array_equal(gx, x[a:b])
+    np.testing.assert_array_equal(gy, y[a:b])
+  same_size = jax.jit(lambda x: _unfolded.unfolded_slices([x], [2, 5], 1))(y)
+  assert [float(s[0][0]) for s in same_size] == [2.0, 5.0]
+  assert "while" in jax.jit(f).lower(x, y).compile().as_text()
