@@ -20,8 +20,10 @@ leaves' re-selection. Per-tensor leaves group by size class: sizes within a
 factor 4 share a program, the smaller ones padded with +inf scores (never
 selected) and buffers of the group's largest ``k``. A MiniLM's 75 sparse
 leaves form 3 groups instead of 75 programs (or 7 exact layouts); the
-smaller leaves then re-select on the padded size. So do leaves that fit in
-one block; layouts of several blocks group only when equal.
+smaller leaves then re-select on the padded size. Leaves in blocks all
+share one program whatever their number of blocks: their rows are cut into
+chunks of equal rows, scanned (``_reselect_blocks``), so the paper's recipe
+compiles one selection program for the whole model.
 
 :func:`step_groups` and :func:`step_group` do the same for the steady Adam
 step of leaves whose moments are rounded stochastically: each leaf gathers
