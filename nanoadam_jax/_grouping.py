@@ -306,7 +306,8 @@ def reselect_group(
   largest of them: each pads its scores and buffers to the largest's layout
   (:meth:`SparseLeaf.to_group_rows`), the largest re-selects those rows
   with the padded leaf's own active counts, and each takes its part back
-  (:meth:`SparseLeaf.from_group_rows`).
+  (:meth:`SparseLeaf.from_group_rows`). Leaves in blocks do the same in
+  chunks of rows (:func:`_reselect_blocks`).
   """
   if len(leaves) > 1 and leaves[0].layout.blockwise:
     return _reselect_blocks(leaves, params, step, buffers)
