@@ -376,10 +376,11 @@ def _reselect_blocks(
       a, b = max(lo, start) - start, min(hi, start + size) - start
       if a >= b:
         continue
+      # Rows of the group's width and k: (rows, row_size) and (rows, k).
       leaf_scores = leaf.to_group_rows(group, scores=leaf.scores(param, step))
-      scores.append(leaf_scores.reshape(-1, group.row_size)[a:b])
+      scores.append(leaf_scores[a:b])
       leaf_old = leaf.to_group_rows(group, buffers=leaf_buffers)
-      old.append(tuple(x.reshape(-1, group.k)[a:b] for x in leaf_old))
+      old.append(tuple(x[a:b] for x in leaf_old))
       counts = leaf.active_count_change(step)
       active.append(tuple(jnp.broadcast_to(n, (b - a,)) for n in counts))
     if hi - lo < chunk:  # padding rows: never selected, remapped from nothing

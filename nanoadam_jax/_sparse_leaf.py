@@ -206,8 +206,8 @@ class SparseLeaf:
 
     Per tensor (or in a single block), scores are padded with +inf (never
     selected) to the group's ``row_size`` and buffers with zeros to its
-    ``k``; layouts of several blocks group only when equal, so they need no
-    padding.
+    ``k``; a layout of several blocks has the group's rows already (every
+    leaf's blocks are ``block_size`` wide), so it needs no padding.
     """
 
     def pad(x, size, value):
