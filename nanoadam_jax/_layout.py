@@ -117,11 +117,19 @@ def unused_marker(row_size: int, slots: jax.Array) -> jax.Array:
 
   A slot is unused past a density schedule's ``k_t``, or where
   ``approx_min_k`` found fewer entries than slots. The marker lies past the
-  row, so gathers fill and scatters drop it, and it is unique and larger
-  than every real index, so a row's buffer stays ascending and unique.
+  row, in its :func:`marker_room`, where a step reads zeros and writes what
+  it drops; it is unique and larger than every real index, so a row's buffer
+  stays ascending and unique.
   :func:`is_used` reads it.
   """
   return row_size + slots
+
+
+def marker_room(layout: Layout) -> int:
+  """Entries past each row of ``layout`` that hold every
+  :func:`unused_marker` of its ``k`` slots: addressed with this room after
+  each row, a marker is in bounds and still unique and ascending."""
+  return layout.k
 
 
 def is_used(where: jax.Array, row_size: int) -> jax.Array:

