@@ -276,20 +276,14 @@ def step_group(
     positions,
   )
   values = _adam.scaled(direction, step_size, first.dtype)
-  ends = list(itertools.accumulate(sizes))[:-1]
+  # Each leaf's part at a runtime offset: at constant offsets every leaf's
+  # slices were kernels of their own (three per leaf).
+  starts = [0, *itertools.accumulate(sizes)][:-1]
+  parts = _unfolded.unfolded_slices((values, mu, nu), starts, sizes)
   return [
-    leaf.write(
-      g, leaf_values, leaf_buffers, (leaf_mu, leaf_nu), param, step_size
-    )
-    for leaf, g, leaf_values, leaf_mu, leaf_nu, leaf_buffers, param in zip(
-      leaves,
-      gathered,
-      jnp.split(values, ends),
-      jnp.split(mu, ends),
-      jnp.split(nu, ends),
-      buffers,
-      params,
-      strict=True,
+    leaf.write(g, leaf_values, leaf_buffers, leaf_moments, param, step_size)
+    for leaf, g, (leaf_values, *leaf_moments), leaf_buffers, param in zip(
+      leaves, gathered, parts, buffers, params, strict=True
     )
   ]
 
