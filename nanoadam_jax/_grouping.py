@@ -45,6 +45,7 @@ from jax import lax
 from nanoadam_jax import _adam
 from nanoadam_jax import _layout
 from nanoadam_jax import _mesh
+from nanoadam_jax import _rounding
 from nanoadam_jax import _sparse_leaf
 from nanoadam_jax import _unfolded
 
@@ -228,8 +229,8 @@ def step_group(
   are concatenated (buffer-sized: ``density`` of the leaves) and go through
   :meth:`SparseLeaf.adam` once. Per tensor, every entry carries its own
   leaf's key and its position in its own buffer, so each leaf draws the
-  rounding numbers it would draw alone; blocks have a key per block
-  already.
+  rounding numbers it would draw alone; each block's key is hashed from
+  its leaf's key and its row, for all the leaves' rows at once.
   """
   if len(leaves) == 1:
     return [leaves[0].step(grads[0], params[0], buffers[0], step, step_size)]
@@ -250,14 +251,19 @@ def step_group(
   packed_keys = []
   for moment in (0, 1):
     moment_keys = [leaf_keys[moment] for leaf_keys in keys]
-    if moment_keys[0] is not None and not blockwise:
-      moment_keys = [
-        jnp.broadcast_to(key, (size, 2))
-        for key, size in zip(moment_keys, sizes, strict=True)
-      ]
-    packed_keys.append(
-      None if moment_keys[0] is None else jnp.concatenate(moment_keys)
-    )
+    if moment_keys[0] is None:
+      packed_keys.append(None)
+    elif blockwise:  # every leaf's rows hashed at once
+      packed_keys.append(_rounding.row_keys(moment_keys, sizes))
+    else:  # each entry its leaf's key
+      packed_keys.append(
+        jnp.concatenate(
+          [
+            jnp.broadcast_to(key, (size, 2))
+            for key, size in zip(moment_keys, sizes, strict=True)
+          ]
+        )
+      )
   positions = None
   if not blockwise:  # each entry's slot in its own leaf's buffer
     positions = jnp.concatenate(

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from nanoadam_jax import _unfolded
 
@@ -120,12 +121,28 @@ def _stream(tree_no: Any, moment: int) -> jax.Array:
   return _mix(number * jnp.uint32(_STREAM_SALT))
 
 
-def row_keys(key: jax.Array, rows: int) -> jax.Array:
-  """One key per row of a blockwise buffer, ``(rows, 2)`` uint32: the rows
-  draw from distinct streams though each counts positions from 0."""
-  row = jnp.arange(rows, dtype=jnp.uint32)
-  first = _mix(key[0] ^ (row * jnp.uint32(_STREAM_SALT)))
-  return jnp.stack([first, jnp.broadcast_to(key[1], (rows,))], axis=-1)
+def row_keys(keys: Sequence[jax.Array], rows: Sequence[int]) -> jax.Array:
+  """One key per row of blockwise buffers: the rows draw from distinct
+  streams though each counts positions from 0.
+
+  Args:
+    keys: each buffer's key, shape=(2,), dtype=uint32.
+    rows: each buffer's number of rows.
+
+  Returns:
+    shape=(sum(rows), 2), dtype=uint32: the buffers' row keys, one buffer
+    after the other. Row ``r`` of a buffer gets the same key whatever the
+    buffers beside it, so a step group hashes its leaves' rows at once.
+  """
+  if len(keys) == 1:  # an iota, no constant: leaves of one shape share it
+    row = jnp.arange(rows[0], dtype=jnp.uint32)
+  else:
+    row = jnp.asarray(np.concatenate([np.arange(n) for n in rows]), jnp.uint32)
+  spread = jnp.concatenate(
+    [jnp.broadcast_to(key, (n, 2)) for key, n in zip(keys, rows, strict=True)]
+  )
+  first = _mix(spread[:, 0] ^ (row * jnp.uint32(_STREAM_SALT)))
+  return jnp.stack([first, spread[:, 1]], axis=-1)
 
 
 def moment_keys(

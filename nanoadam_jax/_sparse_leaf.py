@@ -429,21 +429,28 @@ class SparseLeaf:
     self, step: jax.Array, buffers: Buffers
   ) -> tuple[jax.Array | None, jax.Array | None]:
     """The stochastic-rounding keys of (mu, nu) at ``step`` (see
-    :func:`_rounding.moment_keys`): None, shape=(2,), or for blocks one key
-    per block, shape=(rows, 2)."""
-    config, layout = self.config, self.layout
-    keys = _rounding.moment_keys(
+    :func:`_rounding.moment_keys`): None or shape=(2,). Blocks draw with
+    one key per block, from :meth:`adam_keys`."""
+    config = self.config
+    return _rounding.moment_keys(
       config.rounding,
       _rounding.leaf_keys(self.keys, config.seed, step, self.tree_no),
       self.dtype,
       (buffers[1].dtype, buffers[2].dtype),
     )
-    if layout.blockwise:
-      keys = tuple(
-        None if key is None else _rounding.row_keys(key, layout.rows)
-        for key in keys
-      )
-    return keys
+
+  def adam_keys(
+    self, step: jax.Array, buffers: Buffers
+  ) -> tuple[jax.Array | None, jax.Array | None]:
+    """:meth:`moment_keys` as :meth:`adam` takes them: for blocks, one key
+    per block, shape=(rows, 2) (see :func:`_rounding.row_keys`)."""
+    keys = self.moment_keys(step, buffers)
+    if not self.layout.blockwise:
+      return keys
+    return tuple(
+      None if key is None else _rounding.row_keys([key], [self.layout.rows])
+      for key in keys
+    )
 
   def rounds_stochastically(self, mu_dtype: Any, nu_dtype: Any) -> bool:
     """Whether either moment, stored in these dtypes, is rounded
@@ -562,7 +569,7 @@ class SparseLeaf:
       buffers[2],
       gathered.param,
       step,
-      self.moment_keys(step, buffers),
+      self.adam_keys(step, buffers),
     )
     values = _adam.scaled(direction, step_size, self.dtype)
     return self.write(gathered, values, buffers, (mu, nu), param, step_size)

@@ -133,8 +133,21 @@ def test_update_keys_are_each_leafs_rounding_keys():
   assert len({tuple(np.asarray(k).ravel()) for k in got}) == len(tree_nos)
 
 
+def test_row_keys_of_several_buffers_are_each_buffers_own():
+  keys = [_rounding.rounding_key(0, 5, tree_no, 0) for tree_no in (2, 7, 9)]
+  rows = [3, 1, 4]
+  together = np.asarray(_rounding.row_keys(keys, rows))
+  alone = [
+    np.asarray(_rounding.row_keys([k], [n]))
+    for k, n in zip(keys, rows, strict=True)
+  ]
+  np.testing.assert_array_equal(together, np.concatenate(alone))
+  # Each row is its own stream.
+  assert len({tuple(row) for row in together}) == sum(rows)
+
+
 def test_row_keys_give_uncorrelated_rows():
-  rows = _rounding.row_keys(_rounding.rounding_key(0, 5, 2, 1), 64)
+  rows = _rounding.row_keys([_rounding.rounding_key(0, 5, 2, 1)], [64])
   u = np.asarray(
     jax.vmap(lambda key: _rounding.uniform_bits(key, (4096,), jnp.float32))(
       rows
