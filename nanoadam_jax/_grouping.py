@@ -248,27 +248,16 @@ def step_group(
     leaf.moment_keys(step, leaf_buffers)
     for leaf, leaf_buffers in zip(leaves, buffers, strict=True)
   ]
-  packed_keys = []
+  packed_keys, positions = [], None
   for moment in (0, 1):
     moment_keys = [leaf_keys[moment] for leaf_keys in keys]
     if moment_keys[0] is None:
       packed_keys.append(None)
     elif blockwise:  # every leaf's rows hashed at once
       packed_keys.append(_rounding.row_keys(moment_keys, sizes))
-    else:  # each entry its leaf's key
-      packed_keys.append(
-        jnp.concatenate(
-          [
-            jnp.broadcast_to(key, (size, 2))
-            for key, size in zip(moment_keys, sizes, strict=True)
-          ]
-        )
-      )
-  positions = None
-  if not blockwise:  # each entry's slot in its own leaf's buffer
-    positions = jnp.concatenate(
-      [jnp.arange(size, dtype=jnp.uint32) for size in sizes]
-    )
+    else:  # each entry its leaf's key and its slot in its leaf's buffer
+      spread, positions = _rounding.spread_keys(moment_keys, sizes)
+      packed_keys.append(spread)
   selected_params = None
   if gathered[0].param is not None:
     selected_params = jnp.concatenate([g.param for g in gathered])

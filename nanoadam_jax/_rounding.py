@@ -26,7 +26,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from nanoadam_jax import _unfolded
 
@@ -121,6 +120,27 @@ def _stream(tree_no: Any, moment: int) -> jax.Array:
   return _mix(number * jnp.uint32(_STREAM_SALT))
 
 
+def spread_keys(
+  keys: Sequence[jax.Array], counts: Sequence[int]
+) -> tuple[jax.Array, jax.Array]:
+  """Several buffers' keys laid out for their entries (or rows) concatenated.
+
+  Args:
+    keys: each buffer's key, shape=(2,), dtype=uint32.
+    counts: each buffer's number of entries (or rows).
+
+  Returns:
+    (keys, positions): each entry's buffer key, shape=(sum(counts), 2), and
+    its position in its own buffer, shape=(sum(counts),), dtype=uint32, so
+    that it draws what it would draw alone.
+  """
+  spread = jnp.concatenate(
+    [jnp.broadcast_to(k, (n, 2)) for k, n in zip(keys, counts, strict=True)]
+  )
+  positions = jnp.concatenate([jnp.arange(n, dtype=jnp.uint32) for n in counts])
+  return spread, positions
+
+
 def row_keys(keys: Sequence[jax.Array], rows: Sequence[int]) -> jax.Array:
   """One key per row of blockwise buffers: the rows draw from distinct
   streams though each counts positions from 0.
@@ -134,13 +154,7 @@ def row_keys(keys: Sequence[jax.Array], rows: Sequence[int]) -> jax.Array:
     after the other. Row ``r`` of a buffer gets the same key whatever the
     buffers beside it, so a step group hashes its leaves' rows at once.
   """
-  if len(keys) == 1:  # an iota, no constant: leaves of one shape share it
-    row = jnp.arange(rows[0], dtype=jnp.uint32)
-  else:
-    row = jnp.asarray(np.concatenate([np.arange(n) for n in rows]), jnp.uint32)
-  spread = jnp.concatenate(
-    [jnp.broadcast_to(key, (n, 2)) for key, n in zip(keys, rows, strict=True)]
-  )
+  spread, row = spread_keys(keys, rows)
   first = _mix(spread[:, 0] ^ (row * jnp.uint32(_STREAM_SALT)))
   return jnp.stack([first, spread[:, 1]], axis=-1)
 
