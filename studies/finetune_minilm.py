@@ -82,6 +82,7 @@ class Config:
   batch_size: int = 16
   max_len: int = 40  # training tokens; 88% of sentences fit untruncated
   eval_len: int = 48  # evaluation tokens; 97% fit
+  eval_chunk: int = 100  # sentences per embedding call (one compile)
   warmup: float = 0.1  # fraction of steps of linear warmup, then linear decay
   mask_interval: int = 25
   block_size: int = 4096  # for the block-granularity row
@@ -128,6 +129,7 @@ QUICK = Config(
   val_size=32,
   test_size=32,
   similarity_sentences=24,
+  eval_chunk=32,  # a chunk of 100 would embed mostly padding
   adamw_lrs=(1e-4, 3e-4),  # two rates exercise the sweep
   nano_lrs=(1e-3,),
   variant_lrs=(1e-3,),
@@ -343,7 +345,7 @@ class Task:
       trainable["lora"] = self.adapters(method.lora_rank, seed)
     return trainable, {"encoder": params["encoder"]}
 
-  def embeddings(self, encoder, tokens, chunk: int = 100) -> np.ndarray:
+  def embeddings(self, encoder, tokens, chunk: int) -> np.ndarray:
     """Mean-pooled embeddings, in fixed-size chunks (one compile)."""
     n = len(tokens.ids)
     pad = -n % chunk
@@ -420,7 +422,7 @@ class Runner:
     self.compile_s = {}  # method -> seconds to lower and compile its step
     self.memory = {}  # method -> XLA's peak bytes of its step
     self.base_similarity = cosine_upper(
-      task.embeddings(task.pretrained, data.other)
+      task.embeddings(task.pretrained, data.other, cfg.eval_chunk)
     )
 
   def start(self, method: Method, seed: int):
@@ -474,11 +476,12 @@ class Runner:
     split = (
       (data.test, data.test_labels) if test else (data.val, data.val_labels)
     )
-    kept = np.corrcoef(
-      self.base_similarity, cosine_upper(task.embeddings(encoder, data.other))
-    )[0, 1]
+    embed = lambda tokens: task.embeddings(encoder, tokens, self.cfg.eval_chunk)
+    kept = np.corrcoef(self.base_similarity, cosine_upper(embed(data.other)))[
+      0, 1
+    ]
     return {
-      "acc": accuracy(task.embeddings(encoder, split[0]), head, split[1]),
+      "acc": accuracy(embed(split[0]), head, split[1]),
       "similarity_kept": float(kept),
       "changed": fraction_changed(encoder, task.pretrained),
       "state_bytes": na.state_bytes(opt_state),

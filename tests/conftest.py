@@ -1,15 +1,71 @@
-"""Shared fixtures: strict dtype promotion everywhere, small parameter trees."""
+"""Shared fixtures: strict dtype promotion everywhere, small parameter trees;
+one compilation cache for the whole run."""
 
+import atexit
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+
+# Set by the process that starts the run, for the pytest-xdist workers it
+# starts afterwards (they inherit its environment).
+_RUN_CACHE_ENV = "NANOADAM_JAX_TEST_RUN_CACHE"
+
+
+def _share_compilations_within_the_run() -> None:
+  """Many tests jit the same programs (the same update on the same small
+  tree, with other data): JAX's persistent compilation cache, in a folder
+  made for this run and shared by its workers, compiles each once. Tested
+  on test_nanoadam.py and test_optax_common.py: 286 s of CPU instead of
+  361 s. The folder is new for every run, so a run never reads what an
+  earlier one compiled (the suite behaves the same locally and in a fresh
+  CI clone), and the process that made it removes it at exit. The
+  multi-device checks (:func:`run_checks_script`) share it too; the
+  benchmarks and studies the tests run do not: they time compilation."""
+  path = os.environ.get(_RUN_CACHE_ENV)
+  if path is None:
+    path = tempfile.mkdtemp(prefix="nanoadam-jax-tests-")
+    os.environ[_RUN_CACHE_ENV] = path
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+  jax.config.update("jax_compilation_cache_dir", path)
+  # Every compilation, not only those over a second.
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+_share_compilations_within_the_run()
+
+# The slowest test files, longest first (60-190 s each on 2 busy cores,
+# measured with `--durations`). `make test` gives pytest-xdist's workers
+# whole files in collection order; started last, one of these kept a worker
+# busy for a minute after the other had run out of files.
+_SLOWEST_FILES = (
+  "test_nanoadam.py",
+  "test_finetune_minilm.py",
+  "test_selection.py",
+  "test_device_script.py",
+  "test_remesh.py",
+  "test_benchmarks.py",
+  "test_grouping.py",
+  "test_sharding.py",
+  "test_multiprocess.py",
+  "test_export.py",
+  "test_compare_finetuning.py",
+  "test_tutorial.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+  """Runs the slowest files first, each file's tests in their own order."""
+  rank = {name: place for place, name in enumerate(_SLOWEST_FILES)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 @pytest.fixture(autouse=True)
@@ -69,6 +125,8 @@ def run_checks_script(script: pathlib.Path, *args: str) -> dict:
     [str(repo_root), env.get("PYTHONPATH", "")]
   )
   env["JAX_PLATFORMS"] = "cpu"
+  env["JAX_COMPILATION_CACHE_DIR"] = os.environ[_RUN_CACHE_ENV]
+  env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
   completed = subprocess.run(
     [sys.executable, str(script), *args],
     env=env,

@@ -363,15 +363,20 @@ def test_small_row_path_equals_radix_passes(dtype, n):
   small = jax.jit(_selection._small_row_lowest_k, static_argnums=1)
   radix = jax.jit(_selection._radix_lowest_k, static_argnums=1)
   keys = jax.jit(_selection._sorted_keys_lowest_k, static_argnums=1)
+  middle = n // 3 + 1
   for seed in range(2):
     x = _edge_rows(dtype, n, seed)
-    for k in sorted({1, n // 3 + 1, n}):
+    for k in sorted({1, middle, n}):
       for k_active in sorted({1, k // 2 + 1, k}):
         active = jnp.int32(k_active)
         got = small(x, k, active)
         np.testing.assert_array_equal(got, radix(x, k, active))
         np.testing.assert_array_equal(got, keys(x, k, active))
-      np.testing.assert_array_equal(small(x, k, None), radix(x, k, None))
+    # Without an active count: one k (each k is two more programs to
+    # compile, the suite's slowest selection test).
+    np.testing.assert_array_equal(
+      small(x, middle, None), radix(x, middle, None)
+    )
     assert _selection.lowest_k_indices(x, 0).shape == (0,)
 
 
