@@ -477,9 +477,8 @@ class Runner:
       (data.test, data.test_labels) if test else (data.val, data.val_labels)
     )
     embed = lambda tokens: task.embeddings(encoder, tokens, self.cfg.eval_chunk)
-    kept = np.corrcoef(self.base_similarity, cosine_upper(embed(data.other)))[
-      0, 1
-    ]
+    similarity = cosine_upper(embed(data.other))
+    kept = np.corrcoef(self.base_similarity, similarity)[0, 1]
     return {
       "acc": accuracy(embed(split[0]), head, split[1]),
       "similarity_kept": float(kept),

@@ -42,31 +42,6 @@ def _share_compilations_within_the_run() -> None:
 
 _share_compilations_within_the_run()
 
-# The slowest test files, longest first (60-190 s each on 2 busy cores,
-# measured with `--durations`). `make test` gives pytest-xdist's workers
-# whole files in collection order; started last, one of these kept a worker
-# busy for a minute after the other had run out of files.
-_SLOWEST_FILES = (
-  "test_nanoadam.py",
-  "test_finetune_minilm.py",
-  "test_selection.py",
-  "test_device_script.py",
-  "test_remesh.py",
-  "test_benchmarks.py",
-  "test_grouping.py",
-  "test_sharding.py",
-  "test_multiprocess.py",
-  "test_export.py",
-  "test_compare_finetuning.py",
-  "test_tutorial.py",
-)
-
-
-def pytest_collection_modifyitems(items):
-  """Runs the slowest files first, each file's tests in their own order."""
-  rank = {name: place for place, name in enumerate(_SLOWEST_FILES)}
-  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
-
 
 @pytest.fixture(autouse=True)
 def strict_dtype_promotion():
