@@ -27,8 +27,10 @@ compiles one selection program for the whole model.
 
 :func:`step_groups` and :func:`step_group` do the same for the steady Adam
 step of leaves whose moments are rounded stochastically: each leaf gathers
-its selected entries and writes its update, and the Adam arithmetic and
-rounding hash between run once on their concatenated selected entries.
+its selected entries, and the Adam arithmetic and rounding hash run once on
+their concatenated selected entries. :func:`write_groups` and
+:func:`write_group` then write the updates of all leaves of one param dtype
+through one scatter.
 """
 
 import functools
@@ -48,6 +50,7 @@ from nanoadam_jax import _mesh
 from nanoadam_jax import _rounding
 from nanoadam_jax import _sparse_leaf
 from nanoadam_jax import _unfolded
+from nanoadam_jax import _zeros
 
 # Leaves per tensor with more entries re-select alone, and the leaves of one
 # step group add up to at most this many. A group stacks or concatenates its
@@ -221,8 +224,8 @@ def step_group(
   buffers: Sequence[_sparse_leaf.Buffers],
   step: jax.Array,
   step_size: jax.Array | None,
-) -> list[tuple[jax.Array, _sparse_leaf.Buffers]]:
-  """:meth:`SparseLeaf.step` of each leaf, with one Adam program for all.
+) -> list[_sparse_leaf.Stepped]:
+  """:meth:`SparseLeaf.stepped` of each leaf, with one Adam program for all.
 
   Each leaf gathers its selected entries and writes its update itself; in
   between, the selected gradients, moments and rounding keys of all of them
@@ -233,7 +236,7 @@ def step_group(
   its leaf's key and its row, for all the leaves' rows at once.
   """
   if len(leaves) == 1:
-    return [leaves[0].step(grads[0], params[0], buffers[0], step, step_size)]
+    return [leaves[0].stepped(grads[0], params[0], buffers[0], step, step_size)]
   first = leaves[0]
   blockwise = first.layout.blockwise
   gathered = [
@@ -276,11 +279,94 @@ def step_group(
   starts = [0, *itertools.accumulate(sizes)][:-1]
   parts = _unfolded.unfolded_slices((values, mu, nu), starts, sizes)
   return [
-    leaf.write(g, leaf_values, leaf_buffers, leaf_moments, param, step_size)
-    for leaf, g, (leaf_values, *leaf_moments), leaf_buffers, param in zip(
-      leaves, gathered, parts, buffers, params, strict=True
-    )
+    _sparse_leaf.Stepped(g, leaf_values, tuple(leaf_moments))
+    for g, (leaf_values, *leaf_moments) in zip(gathered, parts, strict=True)
   ]
+
+
+def write_groups(
+  leaves: Sequence[_sparse_leaf.SparseLeaf],
+  params: Sequence[jax.Array],
+  gathered: Sequence[_sparse_leaf.Gathered],
+) -> list[list[int]]:
+  """Positions of ``leaves`` grouped to write their updates through one
+  scatter (:func:`write_group`): leaves of one param dtype whose steps
+  address flat positions, up to ``MAX_INT32`` positions in all."""
+
+  def kind(j):
+    if gathered[j].where is None:
+      return ("alone", j)
+    return ("flat", leaves[j].dtype)
+
+  def size(j):
+    return leaves[j].layout.rows * gathered[j].width
+
+  groups = []
+  for same_kind in _groups_of(leaves, params, kind):
+    groups.extend(_up_to(same_kind, size, _layout.MAX_INT32))
+  return groups
+
+
+def write_group(
+  leaves: Sequence[_sparse_leaf.SparseLeaf],
+  stepped: Sequence[_sparse_leaf.Stepped],
+  buffers: Sequence[_sparse_leaf.Buffers],
+  params: Sequence[jax.Array],
+  step_size: jax.Array | None,
+) -> list[tuple[jax.Array, _sparse_leaf.Buffers]]:
+  """:meth:`SparseLeaf.write` of each leaf, through one scatter for all.
+
+  XLA:CPU compiles a kernel per scatter (each carries its own combiner), so
+  a scatter per leaf is a kernel per leaf. Here the leaves' widened rows
+  lie end to end in one buffer that one scatter writes, cut back into
+  leaves at offsets XLA cannot fold (``_unfolded``), so that the slices of
+  leaves of one shape share a kernel.
+  """
+  if len(leaves) == 1:  # its own rows: no slicing
+    return [leaves[0].write(*stepped[0], buffers[0], params[0], step_size)]
+  widths = [s.gathered.width for s in stepped]
+  spans = [leaf.layout.rows * w for leaf, w in zip(leaves, widths, strict=True)]
+  starts = [0, *itertools.accumulate(spans)][:-1]
+  offsets = _unfolded.unfolded_ints(starts, jnp.uint32)
+  # Each leaf's positions wait for its gradient, the buffer for all of
+  # them (see `_zeros.zeros_after`): computed from the state alone, they
+  # would be computed at the start of a training step and kept to its end.
+  where = []
+  for s, start in zip(stepped, offsets, strict=True):
+    anchor = _zeros.zero_after(s.gathered.grad[..., :1]).astype(jnp.uint32)
+    where.append((s.gathered.where + start + anchor).reshape(-1))
+  where = jnp.concatenate(where)
+  values = jnp.concatenate([s.values.reshape(-1) for s in stepped])
+  after = values[:1]
+  dense = (
+    _zeros.zeros_after(
+      after, (sum(spans),), values.dtype, _zeros.zero_sign(step_size)
+    )
+    .at[where]
+    .set(
+      values,
+      indices_are_sorted=True,
+      unique_indices=True,
+      mode="promise_in_bounds",
+    )
+  )
+  parts = _unfolded.unfolded_slices((dense,), starts, spans)
+  out = []
+  for leaf, s, width, (part,), leaf_buffers, param in zip(
+    leaves, stepped, widths, parts, buffers, params, strict=True
+  ):
+    layout = leaf.layout
+    rows = part.reshape(layout.rows, width)[:, : layout.row_size]
+    out.append(
+      leaf.finish(
+        s.gathered,
+        rows.reshape(layout.rows_shape),
+        s.moments,
+        leaf_buffers,
+        param,
+      )
+    )
+  return out
 
 
 def reselect_group(

@@ -411,28 +411,41 @@ def scale_by_nanoadam(
 
     # 2. Step each leaf: Adam on the selected entries of a sparse one, AdamW
     # on all of a dense one, zero on a frozen one. Sparse leaves of one kind
-    # share one Adam program (see `_grouping.step_group`).
+    # share one Adam program (see `_grouping.step_group`), and leaves of one
+    # dtype one scatter for their updates (`_grouping.write_group`).
     stepped: list[Any] = [None] * len(leaves)
     for i, leaf in enumerate(leaves):
       if leaf.kind != "sparse":
         stepped[i] = leaf.step(
           grads[i], param_leaves[i], buffers[i], step, step_size
         )
-    groups = _grouping.step_groups(
-      sparse_leaves, sparse_params, [buffers[i] for i in sparse]
-    )
-    for group in groups:
-      members = [sparse[j] for j in group]
+    sparse_buffers = [buffers[i] for i in sparse]
+    unwritten: list[Any] = [None] * len(sparse)
+    for group in _grouping.step_groups(
+      sparse_leaves, sparse_params, sparse_buffers
+    ):
       results = _grouping.step_group(
-        [leaves[i] for i in members],
-        [grads[i] for i in members],
-        [param_leaves[i] for i in members],
-        [buffers[i] for i in members],
+        [sparse_leaves[j] for j in group],
+        [grads[sparse[j]] for j in group],
+        [sparse_params[j] for j in group],
+        [sparse_buffers[j] for j in group],
         step,
         step_size,
       )
-      for i, result in zip(members, results, strict=True):
-        stepped[i] = result
+      for j, result in zip(group, results, strict=True):
+        unwritten[j] = result
+    for group in _grouping.write_groups(
+      sparse_leaves, sparse_params, [s.gathered for s in unwritten]
+    ):
+      results = _grouping.write_group(
+        [sparse_leaves[j] for j in group],
+        [unwritten[j] for j in group],
+        [sparse_buffers[j] for j in group],
+        [sparse_params[j] for j in group],
+        step_size,
+      )
+      for j, result in zip(group, results, strict=True):
+        stepped[sparse[j]] = result
     out = [update for update, _ in stepped]
     new_buffers = [leaf_buffers for _, leaf_buffers in stepped]
     count = optax.safe_increment(step)

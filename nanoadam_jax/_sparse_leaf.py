@@ -49,6 +49,20 @@ class Gathered(NamedTuple):
   param: jax.Array | None  # the selected param; None without weight decay
   # scatter(rows, values, after): rows with values written at the selection
   scatter: Callable
+  # Where a group writes this leaf's values (see `_grouping.step_group`):
+  # each selected entry's place in the leaf's rows, each widened to `width`
+  # and flattened, of the buffers' shape, uint32; None where the per-row
+  # form addresses the rows (blocks on several devices).
+  where: jax.Array | None
+  width: int
+
+
+class Stepped(NamedTuple):
+  """One step of a sparse leaf before its :meth:`SparseLeaf.write`."""
+
+  gathered: Gathered
+  values: jax.Array  # to write at the selection, of the buffers' shape
+  moments: tuple[jax.Array, jax.Array]  # the new (mu, nu)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +319,7 @@ class SparseLeaf:
 
   def _addressing(
     self, indices: jax.Array, active: jax.Array | None
-  ) -> tuple[Callable, Callable]:
+  ) -> tuple[Callable, Callable, jax.Array | None, int]:
     """How one step reads and writes the selected entries of the leaf's rows.
 
     Args:
@@ -318,7 +332,8 @@ class SparseLeaf:
       ``scatter(rows, values, after)``: those rows with ``values`` written at
       the selection, once ``after`` exists (see :func:`_zeros.zero_after`).
       Unused slots (inactive, or approx_min_k's padding) read zero and write
-      nothing.
+      nothing. Then the flat positions and the width as :class:`Gathered`
+      holds them.
     """
     layout = self.layout
     slots = jnp.arange(layout.k, dtype=jnp.int32)
@@ -375,10 +390,14 @@ class SparseLeaf:
       return (
         lambda rows: gather_rows(rows, where),
         lambda rows, values, after: scatter_rows(rows, where, values, after),
+        None,
+        width,
       )
     return (
       lambda rows: gather_row(rows, where),
       lambda rows, values, after: scatter_row(rows, where, values, after),
+      where,
+      width,
     )
 
   @property
@@ -419,11 +438,13 @@ class SparseLeaf:
     if config.density_schedule is not None:
       active = slots < self.active_count_change(step)[0]
     grad_rows = _layout.to_rows(_mesh.unsharded(grad), layout)
-    gather, scatter = self._addressing(_mesh.unsharded(buffers[0]), active)
+    gather, scatter, where, width = self._addressing(
+      _mesh.unsharded(buffers[0]), active
+    )
     selected_param = None
     if config.decays:
       selected_param = gather(_layout.to_rows(_mesh.unsharded(param), layout))
-    return Gathered(gather(grad_rows), selected_param, scatter)
+    return Gathered(gather(grad_rows), selected_param, scatter, where, width)
 
   def moment_keys(
     self, step: jax.Array, buffers: Buffers
@@ -500,8 +521,8 @@ class SparseLeaf:
     self,
     gathered: Gathered,
     values: jax.Array,
-    buffers: Buffers,
     moments: tuple[jax.Array, jax.Array],
+    buffers: Buffers,
     param: jax.Array,
     step_size: jax.Array | None,
   ) -> tuple[jax.Array, Buffers]:
@@ -520,6 +541,19 @@ class SparseLeaf:
       values,
       after,
     )
+    return self.finish(gathered, dense, moments, buffers, param)
+
+  def finish(
+    self,
+    gathered: Gathered,
+    dense: jax.Array,
+    moments: tuple[jax.Array, jax.Array],
+    buffers: Buffers,
+    param: jax.Array,
+  ) -> tuple[jax.Array, Buffers]:
+    """:meth:`write`'s result from the update's rows, ``dense`` (of
+    ``layout.rows_shape``)."""
+    after = gathered.grad[..., :1]
     dense = _layout.from_rows(dense, self.layout, self.shape)
     # The indices do not change, but stored as they come, from the selection
     # `cond`, XLA copies each leaf's into its donated buffer only after every
@@ -545,9 +579,10 @@ class SparseLeaf:
     (``-0.0`` with a ``step_size``, so that every bit of an unselected param
     survives ``optax.apply_updates``; see :func:`_zeros.zero_sign`).
 
-    :meth:`gather`, :meth:`adam` and :meth:`write` in turn; a group of
-    leaves runs the first and last per leaf and :meth:`adam` once for all
-    (``_grouping.step_group``).
+    :meth:`gather`, :meth:`adam` and :meth:`write` in turn. In an update,
+    leaves of one kind run :meth:`adam` once for all
+    (``_grouping.step_group``), and leaves of one dtype write through one
+    scatter (``_grouping.write_group``).
 
     Args:
       grad: the leaf's gradient, of ``shape``.
@@ -562,6 +597,23 @@ class SparseLeaf:
       (indices, mu, nu) to store: the same indices, new moments; each with
       the sharding of what it replaces.
     """
+    return self.write(
+      *self.stepped(grad, param, buffers, step, step_size),
+      buffers,
+      param,
+      step_size,
+    )
+
+  def stepped(
+    self,
+    grad: jax.Array,
+    param: jax.Array,
+    buffers: Buffers,
+    step: jax.Array,
+    step_size: jax.Array | None,
+  ) -> "Stepped":
+    """:meth:`step` up to its :meth:`write`: what it gathered, the values
+    to write (in ``dtype``) and the new moments."""
     gathered = self.gather(grad, param, buffers, step)
     direction, mu, nu = self.adam(
       gathered.grad,
@@ -572,4 +624,4 @@ class SparseLeaf:
       self.adam_keys(step, buffers),
     )
     values = _adam.scaled(direction, step_size, self.dtype)
-    return self.write(gathered, values, buffers, (mu, nu), param, step_size)
+    return Stepped(gathered, values, (mu, nu))

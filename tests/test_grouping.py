@@ -222,3 +222,42 @@ def test_step_groups_split_by_config_dtype_width_and_rounding():
     [10],
     [11],
   ]
+
+
+def test_write_groups_split_by_dtype_and_addressing():
+  config = make_config(density=0.5)
+  blocks = make_config(density=0.5, block_size=16)
+  shapes = [  # (config, shape, dtype)
+    (config, (40,), jnp.float32),  # 0: with 2, 3 and 5 (any sizes, any
+    (config, (70,), jnp.bfloat16),  # 1: another dtype     layout)
+    (config, (7, 10), jnp.float32),  # 2
+    (blocks, (64,), jnp.float32),  # 3
+    (blocks, (80,), jnp.float32),  # 4: addressed per block: alone
+    (config, (2**20 + 1,), jnp.float32),  # 5
+  ]
+  leaves, params, _ = _abstract_leaves(shapes)
+  where = lambda j: jax.ShapeDtypeStruct(
+    leaves[j].layout.buffer_shape, "uint32"
+  )
+  gathered = [
+    _sparse_leaf.Gathered(None, None, None, None if j == 4 else where(j), 8)
+    for j in range(len(leaves))
+  ]
+  groups = _grouping.write_groups(leaves, params, gathered)
+  assert sorted(map(sorted, groups)) == [[0, 2, 3, 5], [1], [4]]
+
+
+def test_write_groups_keep_positions_within_int32():
+  # Three leaves of 2**29 rows of 2 entries each, widened to 3: 3 * 2**29
+  # positions each, two of them past int32 together.
+  config = make_config(density=0.5, block_size=2)
+  leaves, params, _ = _abstract_leaves([(config, (2**30,), jnp.float32)] * 3)
+  gathered = [
+    _sparse_leaf.Gathered(
+      None, None, None, jax.ShapeDtypeStruct((1,), "uint32"), 3
+    )
+  ] * 3
+  groups = _grouping.write_groups(leaves, params, gathered)
+  assert groups == [[0], [1], [2]]
+  gathered = [g._replace(width=1) for g in gathered]  # 2**29 positions each
+  assert _grouping.write_groups(leaves, params, gathered) == [[0, 1, 2]]
