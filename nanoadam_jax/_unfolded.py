@@ -53,7 +53,11 @@ def unfolded_slices(
   """
   starts = list(starts)
   sizes = [size] * len(starts) if isinstance(size, int) else list(size)
+  # The starts are never negative: no wrapping of them to trace and lower.
   return [
-    tuple(lax.dynamic_slice_in_dim(x, start, n) for x in arrays)
+    tuple(
+      lax.dynamic_slice_in_dim(x, start, n, allow_negative_indices=False)
+      for x in arrays
+    )
     for start, n in zip(unfolded_ints(starts), sizes, strict=True)
   ]
