@@ -224,40 +224,42 @@ def test_step_groups_split_by_config_dtype_width_and_rounding():
   ]
 
 
-def test_write_groups_split_by_dtype_and_addressing():
+def _gathered(leaves, per_block=()):
+  """What `write_groups` reads of each leaf's step: flat positions (None
+  for the leaves in ``per_block``) into rows as wide as the leaf's."""
+  return [
+    _sparse_leaf.Gathered(
+      None,
+      None,
+      None,
+      None
+      if j in per_block
+      else jax.ShapeDtypeStruct(leaf.layout.buffer_shape, jnp.uint32),
+      leaf.layout.row_size,
+    )
+    for j, leaf in enumerate(leaves)
+  ]
+
+
+def test_write_groups_split_by_dtype_addressing_and_size():
   config = make_config(density=0.5)
   blocks = make_config(density=0.5, block_size=16)
   shapes = [  # (config, shape, dtype)
-    (config, (40,), jnp.float32),  # 0: with 2, 3 and 5 (any sizes, any
-    (config, (70,), jnp.bfloat16),  # 1: another dtype     layout)
+    (config, (40,), jnp.float32),  # 0: with 2 and 3 (any layout)
+    (config, (70,), jnp.bfloat16),  # 1: another dtype
     (config, (7, 10), jnp.float32),  # 2
     (blocks, (64,), jnp.float32),  # 3
     (blocks, (80,), jnp.float32),  # 4: addressed per block: alone
-    (config, (2**20 + 1,), jnp.float32),  # 5
+    (config, (2**18,), jnp.float32),  # 5: the largest that groups
+    (config, (2**18 + 1,), jnp.float32),  # 6: larger: alone
   ]
   leaves, params, _ = _abstract_leaves(shapes)
-  where = lambda j: jax.ShapeDtypeStruct(
-    leaves[j].layout.buffer_shape, "uint32"
-  )
-  gathered = [
-    _sparse_leaf.Gathered(None, None, None, None if j == 4 else where(j), 8)
-    for j in range(len(leaves))
-  ]
-  groups = _grouping.write_groups(leaves, params, gathered)
-  assert sorted(map(sorted, groups)) == [[0, 2, 3, 5], [1], [4]]
+  groups = _grouping.write_groups(leaves, params, _gathered(leaves, [4]))
+  assert sorted(map(sorted, groups)) == [[0, 2, 3, 5], [1], [4], [6]]
 
 
-def test_write_groups_keep_positions_within_int32():
-  # Three leaves of 2**29 rows of 2 entries each, widened to 3: 3 * 2**29
-  # positions each, two of them past int32 together.
-  config = make_config(density=0.5, block_size=2)
-  leaves, params, _ = _abstract_leaves([(config, (2**30,), jnp.float32)] * 3)
-  gathered = [
-    _sparse_leaf.Gathered(
-      None, None, None, jax.ShapeDtypeStruct((1,), "uint32"), 3
-    )
-  ] * 3
-  groups = _grouping.write_groups(leaves, params, gathered)
-  assert groups == [[0], [1], [2]]
-  gathered = [g._replace(width=1) for g in gathered]  # 2**29 positions each
-  assert _grouping.write_groups(leaves, params, gathered) == [[0, 1, 2]]
+def test_write_groups_add_up_to_the_group_size():
+  config = make_config(density=0.5)
+  leaves, params, _ = _abstract_leaves([(config, (2**18,), jnp.float32)] * 6)
+  groups = _grouping.write_groups(leaves, params, _gathered(leaves))
+  assert groups == [[0, 1, 2, 3], [4, 5]]  # 2**20 entries at most
