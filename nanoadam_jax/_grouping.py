@@ -29,8 +29,8 @@ compiles one selection program for the whole model.
 step of leaves whose moments are rounded stochastically: each leaf gathers
 its selected entries, and the Adam arithmetic and rounding hash run once on
 their concatenated selected entries. :func:`write_groups` and
-:func:`write_group` then write the updates of all leaves of one param dtype
-through one scatter.
+:func:`write_group` then write the updates of small leaves of one param
+dtype through one scatter per group.
 """
 
 import functools
@@ -231,13 +231,14 @@ def step_group(
 ) -> list[_sparse_leaf.Stepped]:
   """:meth:`SparseLeaf.stepped` of each leaf, with one Adam program for all.
 
-  Each leaf gathers its selected entries and writes its update itself; in
-  between, the selected gradients, moments and rounding keys of all of them
-  are concatenated (buffer-sized: ``density`` of the leaves) and go through
-  :meth:`SparseLeaf.adam` once. Per tensor, every entry carries its own
-  leaf's key and its position in its own buffer, so each leaf draws the
-  rounding numbers it would draw alone; each block's key is hashed from
-  its leaf's key and its row, for all the leaves' rows at once.
+  Each leaf gathers its selected entries; the selected gradients, moments
+  and rounding keys of all of them are concatenated (buffer-sized:
+  ``density`` of the leaves) and go through :meth:`SparseLeaf.adam` once,
+  and each leaf gets its part back, to write (:func:`write_group`). Per
+  tensor, every entry carries its own leaf's key and its position in its
+  own buffer, so each leaf draws the rounding numbers it would draw alone;
+  each block's key is hashed from its leaf's key and its row, for all the
+  leaves' rows at once.
   """
   if len(leaves) == 1:
     return [leaves[0].stepped(grads[0], params[0], buffers[0], step, step_size)]

@@ -411,8 +411,8 @@ def scale_by_nanoadam(
 
     # 2. Step each leaf: Adam on the selected entries of a sparse one, AdamW
     # on all of a dense one, zero on a frozen one. Sparse leaves of one kind
-    # share one Adam program (see `_grouping.step_group`), and leaves of one
-    # dtype one scatter for their updates (`_grouping.write_group`).
+    # share one Adam program (see `_grouping.step_group`), and small leaves
+    # of one dtype one scatter for their updates (`_grouping.write_group`).
     stepped: list[Any] = [None] * len(leaves)
     for i, leaf in enumerate(leaves):
       if leaf.kind != "sparse":

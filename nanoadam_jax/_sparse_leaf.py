@@ -49,7 +49,7 @@ class Gathered(NamedTuple):
   param: jax.Array | None  # the selected param; None without weight decay
   # scatter(rows, values, after): rows with values written at the selection
   scatter: Callable
-  # Where a group writes this leaf's values (see `_grouping.step_group`):
+  # Where a group writes this leaf's values (see `_grouping.write_group`):
   # each selected entry's place in the leaf's rows, each widened to `width`
   # and flattened, of the buffers' shape, uint32; None where the per-row
   # form addresses the rows (blocks on several devices).
@@ -581,8 +581,8 @@ class SparseLeaf:
 
     :meth:`gather`, :meth:`adam` and :meth:`write` in turn. In an update,
     leaves of one kind run :meth:`adam` once for all
-    (``_grouping.step_group``), and leaves of one dtype write through one
-    scatter (``_grouping.write_group``).
+    (``_grouping.step_group``), and small leaves of one dtype write
+    through one scatter per group (``_grouping.write_group``).
 
     Args:
       grad: the leaf's gradient, of ``shape``.
